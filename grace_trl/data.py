@@ -1,0 +1,275 @@
+"""Training data: load supervised (query, positive, negatives) or unsupervised (text) rows.
+
+Everything is validated before training starts, so a bad row fails in seconds with its index and
+field instead of hours later inside a reward. Canonical columns after loading:
+
+* supervised: ``query`` (str), ``positive`` (str), ``negatives`` (list[str], same length per row)
+* unsupervised: ``text`` (str)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from datasets import Dataset
+
+from .prompts import DEFAULT_SYSTEM_PROMPT, build_messages
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "data"
+# Small samples committed with the package so the CPU default runs without ../shared (see data/PROVENANCE.md).
+SAMPLE_DATASETS = {
+    "sample-nli": SAMPLE_DIR / "nli_sample.csv",
+    "sample-sentences": SAMPLE_DIR / "sentences_sample.txt",
+}
+SUPERVISED_FIELDS = ("query", "positive", "negatives")
+UNSUPERVISED_FIELDS = ("text",)
+# Column names recognised without a mapping (SimCSE's NLI triples first).
+KNOWN_LAYOUTS = [
+    {"query": "sent0", "positive": "sent1", "negatives": "hard_neg"},
+    {"query": "anchor", "positive": "positive", "negatives": "negative"},
+    {"query": "query", "positive": "positive", "negatives": "negatives"},
+    {"query": "query", "positive": "positive", "negatives": "negative"},
+    {"query": "anchor", "positive": "entailment", "negatives": "contradiction"},
+]
+MAX_REPORTED_ERRORS = 10
+
+
+class DataValidationError(ValueError):
+    """Raised with every problem found (up to ten), each naming its row and field."""
+
+
+def parse_column_mapping(mapping: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``"query=sent0,positive=sent1,negatives=hard_neg"`` → dict; ``+`` joins several negative columns."""
+    if mapping is None or mapping == "":
+        return {}
+    if isinstance(mapping, Mapping):
+        return dict(mapping)
+    out: dict[str, Any] = {}
+    for part in str(mapping).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ValueError(f"column_mapping entry {part!r} must look like field=column")
+        key, value = (s.strip() for s in part.split("=", 1))
+        if key not in SUPERVISED_FIELDS + UNSUPERVISED_FIELDS:
+            raise ValueError(f"column_mapping field {key!r} is unknown; expected one of "
+                             f"{SUPERVISED_FIELDS + UNSUPERVISED_FIELDS}")
+        out[key] = value.split("+") if key == "negatives" and "+" in value else value
+    return out
+
+
+class _Rows(list):
+    """Rows read from a local file, kept as Python objects so validation sees the raw values."""
+
+    def __init__(self, rows, columns):
+        super().__init__(rows)
+        self.column_names = list(columns)
+
+    def select(self, indices):
+        return _Rows([self[i] for i in indices], self.column_names)
+
+
+def _read_local(path: Path) -> _Rows:
+    import csv
+    import json
+
+    suffix = path.suffix
+    if suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+            return _Rows(rows, reader.fieldnames or [])
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataValidationError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
+                if not isinstance(row, dict):
+                    raise DataValidationError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+    elif suffix == ".json":
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)
+        if not isinstance(rows, list):
+            raise DataValidationError(f"{path}: expected a JSON list of objects")
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    elif suffix == ".txt":
+        with open(path, encoding="utf-8") as f:
+            return _Rows([{"text": line.rstrip("\n")} for line in f if line.strip()], ["text"])
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv, .tsv, .parquet or .txt")
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return _Rows(rows, columns)
+
+
+def read_source(source: str, dataset_config: str | None = None, split: str = "train"):
+    """Rows from a local file, a committed sample name, or a Hub dataset id (needs network unless cached)."""
+    if source in SAMPLE_DATASETS:
+        return _read_local(SAMPLE_DATASETS[source])
+    path = Path(os.path.expanduser(source))
+    if path.is_file():
+        return _read_local(path)
+    if path.suffix in (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"):
+        raise FileNotFoundError(f"dataset file {source} does not exist")
+    from datasets import load_dataset
+
+    return load_dataset(source, dataset_config, split=split)
+
+
+def _resolve_mapping(columns: list[str], mode: str, mapping: dict[str, Any]) -> dict[str, Any]:
+    if mode == "unsupervised":
+        column = mapping.get("text") or ("text" if "text" in columns else ("sentence" if "sentence" in columns else None))
+        if column is None:
+            if len(columns) == 1:
+                column = columns[0]
+            else:
+                raise DataValidationError(f"unsupervised data needs a 'text' column (or column_mapping text=...); "
+                                          f"found columns {columns}")
+        return {"text": column}
+    if mapping:
+        resolved = dict(mapping)
+        resolved.setdefault("negatives", None)
+        return resolved
+    for layout in KNOWN_LAYOUTS:
+        if layout["query"] in columns and layout["positive"] in columns:
+            neg = layout["negatives"] if layout["negatives"] in columns else None
+            return {"query": layout["query"], "positive": layout["positive"], "negatives": neg}
+    raise DataValidationError(
+        f"cannot tell which columns are query/positive/negatives among {columns}; pass column_mapping "
+        "like 'query=sent0,positive=sent1,negatives=hard_neg'")
+
+
+def _check_text(value: Any, row: int, field: str, errors: list[str]) -> None:
+    if not isinstance(value, str):
+        errors.append(f"row {row}, field '{field}': expected a non-empty string, got {type(value).__name__} {value!r:.60}")
+    elif not value.strip():
+        errors.append(f"row {row}, field '{field}': expected a non-empty string, got an empty string")
+
+
+def _raise(errors: list[str], total: int) -> None:
+    more = f"\n  ... and {total - MAX_REPORTED_ERRORS} more" if total > MAX_REPORTED_ERRORS else ""
+    raise DataValidationError(f"{total} problem(s) in the training data:\n  " + "\n  ".join(errors[:MAX_REPORTED_ERRORS]) + more)
+
+
+def normalize_rows(rows: Iterable[Mapping[str, Any]], mode: str, mapping: dict[str, Any],
+                   num_negatives: int | None = None) -> dict[str, list]:
+    """Map, validate and convert rows to canonical columns; raises DataValidationError listing bad rows."""
+    errors: list[str] = []
+    total_errors = 0
+    if mode == "unsupervised":
+        col = mapping["text"]
+        texts = []
+        for i, row in enumerate(rows):
+            before = len(errors)
+            if col not in row:
+                errors.append(f"row {i}: missing column '{col}' (text)")
+            else:
+                _check_text(row[col], i, col, errors)
+                texts.append(row[col])
+            total_errors += len(errors) - before
+        if total_errors:
+            _raise(errors, total_errors)
+        if not texts:
+            raise DataValidationError("the dataset has no rows")
+        return {"text": texts}
+
+    q_col, p_col, n_spec = mapping.get("query"), mapping.get("positive"), mapping.get("negatives")
+    if not q_col or not p_col:
+        raise DataValidationError("supervised data needs both 'query' and 'positive' in column_mapping")
+    out: dict[str, list] = {"query": [], "positive": [], "negatives": []}
+    expected = num_negatives
+    for i, row in enumerate(rows):
+        before = len(errors)
+        for field, col in (("query", q_col), ("positive", p_col)):
+            if col not in row:
+                errors.append(f"row {i}: missing column '{col}' ({field})")
+            else:
+                _check_text(row[col], i, col, errors)
+        negs: list = []
+        if isinstance(n_spec, list):
+            for col in n_spec:
+                if col not in row:
+                    errors.append(f"row {i}: missing column '{col}' (negative)")
+                else:
+                    negs.append(row[col])
+        elif n_spec:
+            if n_spec not in row:
+                errors.append(f"row {i}: missing column '{n_spec}' (negatives)")
+            else:
+                value = row[n_spec]
+                negs = list(value) if isinstance(value, (list, tuple)) else [value]
+        for j, neg in enumerate(negs):
+            label = n_spec[j] if isinstance(n_spec, list) else (f"{n_spec}[{j}]" if len(negs) > 1 else n_spec)
+            _check_text(neg, i, label, errors)
+        if expected is None and len(errors) == before:
+            expected = len(negs)
+        if expected is not None and len(negs) != expected and len(errors) == before:
+            errors.append(f"row {i}, field 'negatives': expected {expected} negative(s) like the other rows, "
+                          f"got {len(negs)}")
+        total_errors += len(errors) - before
+        if len(errors) == before:
+            out["query"].append(row[q_col])
+            out["positive"].append(row[p_col])
+            out["negatives"].append([str(n) for n in negs])
+    if total_errors:
+        _raise(errors, total_errors)
+    if not out["query"]:
+        raise DataValidationError("the dataset has no rows")
+    return out
+
+
+def load_grace_dataset(
+    source: str,
+    mode: str = "supervised",
+    column_mapping: str | Mapping[str, Any] | None = None,
+    split: str = "train",
+    dataset_config: str | None = None,
+    num_negatives: int | None = None,
+    limit: int | None = None,
+) -> Dataset:
+    """Load, map and validate a training set into GRACE's canonical columns."""
+    if mode not in ("supervised", "unsupervised"):
+        raise ValueError(f"mode must be 'supervised' or 'unsupervised', got {mode!r}")
+    raw = read_source(source, dataset_config, split)
+    if limit is not None:
+        raw = raw.select(range(min(limit, len(raw))))
+    mapping = _resolve_mapping(list(raw.column_names), mode, parse_column_mapping(column_mapping))
+    return Dataset.from_dict(normalize_rows(raw, mode, mapping, num_negatives))
+
+
+def validate_dataset(dataset, mode: str, num_negatives: int | None = None) -> None:
+    """Check a dataset already in canonical columns (e.g. one a user built in a script)."""
+    fields = SUPERVISED_FIELDS if mode == "supervised" else UNSUPERVISED_FIELDS
+    columns = list(dataset.column_names)
+    missing = [f for f in fields if f not in columns and not (f == "negatives" and num_negatives == 0)]
+    if missing:
+        raise DataValidationError(f"{mode} training data is missing column(s) {missing}; found {columns}. "
+                                  "Use grace_trl.data.load_grace_dataset(..., column_mapping=...) to map columns.")
+    mapping = {f: f for f in fields if f in columns}
+    if mode == "supervised":
+        mapping.setdefault("negatives", None)
+    normalize_rows(dataset, mode, mapping, num_negatives)
+
+
+def add_prompts(dataset: Dataset, mode: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                instruction: str | None = None) -> Dataset:
+    """Add TRL's conversational ``prompt`` column: the trained text (positive document or the text)."""
+    source = "positive" if mode == "supervised" else "text"
+
+    def _prompt(row):
+        return {"prompt": build_messages(row[source], system_prompt, instruction)}
+
+    return dataset.map(_prompt, desc="building GRACE prompts")

@@ -1,0 +1,388 @@
+"""GRACEEncoder: embed texts the way GRACE training scored them.
+
+Each text becomes the training prompt (system prompt + optional instruction + text, chat
+template), the model writes a rationale (greedy by default, so embeddings are deterministic),
+and the last hidden layer over prompt + rationale is pooled with the trainer's own functions
+(:func:`grace_trl.pooling.pool_span` and :func:`grace_trl.pooling.embed_token_sequences`).
+Sharing those functions is what makes an encoder vector equal the vector the reward saw.
+
+Generation is behind a small :class:`RationaleGenerator` protocol: the Hugging Face backend here
+is the default; ``backend="vllm"`` plugs in ``grace_trl.vllm_backend.VLLMRationaleGenerator``
+for GPU users (pooling still runs the HF model, because vLLM does not expose hidden states).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .cache import CachedRationale, RationaleCache, make_key, model_fingerprint
+from .config import GRACESettings
+from .models import resolve_model_name
+from .pooling import POOLING_METHODS, embed_token_sequences, pool_span
+from .prompts import PromptEncoder
+
+logger = logging.getLogger(__name__)
+
+_UNSET = object()  # distinguishes "not given" from an explicit None (= no system prompt)
+
+
+@runtime_checkable
+class RationaleGenerator(Protocol):
+    """Generates completions for already-tokenised prompts.
+
+    Returns, for each prompt, the generated token ids: up to and including the first EOS, or
+    ``max_new_tokens`` ids when no EOS was produced (a truncated rationale). Output order
+    equals input order.
+    """
+
+    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int, temperature: float = 0.0) -> list[list[int]]:
+        ...
+
+
+def split_at_eos(ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    """Cut generated ids after the first EOS (kept, as in the trainer); flag no-EOS as truncated."""
+    out = []
+    for t in ids:
+        out.append(int(t))
+        if int(t) in eos_ids:
+            return out, False
+    return out, True
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos is not None:
+        ids.update(int(e) for e in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if not ids:
+        raise ValueError("neither the model's generation_config nor the tokenizer defines an EOS token")
+    return ids
+
+
+class HFRationaleGenerator:
+    """``model.generate`` over length-sorted, left-padded batches (the default backend)."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, show_progress_bar: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.show_progress_bar = show_progress_bar
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int, temperature: float = 0.0) -> list[list[int]]:
+        from transformers import GenerationConfig
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        sample = temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_p=1.0 if sample else None,
+            top_k=0 if sample else None,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
+        )
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        # Longest first: the slowest batch runs while memory is fresh, and padding stays small.
+        order = sorted(range(len(prompt_ids_list)), key=lambda i: -len(prompt_ids_list[i]))
+        out: list[list[int] | None] = [None] * len(prompt_ids_list)
+        batches = [order[b : b + self.batch_size] for b in range(0, len(order), self.batch_size)]
+        try:
+            for idx in tqdm(batches, desc="rationales", unit="batch", disable=not self.show_progress_bar):
+                length = max(len(prompt_ids_list[i]) for i in idx)
+                ids = torch.full((len(idx), length), self.pad_token_id, dtype=torch.long)
+                attn = torch.zeros((len(idx), length), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    seq = prompt_ids_list[i]
+                    ids[r, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                    attn[r, length - len(seq) :] = 1
+                gen = self.model.generate(
+                    input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config
+                )
+                for r, i in enumerate(idx):
+                    out[i], _ = split_at_eos(gen[r, length:].tolist(), self.eos_ids)
+        finally:
+            if was_training:
+                self.model.train()
+        return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Rationale:
+    """The rationale behind one embedding."""
+
+    text: str
+    token_ids: list[int]
+    truncated: bool  # hit max_new_tokens without EOS
+    cached: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _load_causal_lm(path: str, dtype, device):
+    from transformers import AutoModelForCausalLM
+
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        try:
+            from peft import AutoPeftModelForCausalLM
+        except ImportError as err:  # pragma: no cover - peft is a dependency
+            raise ImportError(f"{path} holds a LoRA adapter; loading it needs `pip install peft`") from err
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to(device)
+
+
+class GRACEEncoder:
+    """Rationale-conditioned text encoder for GRACE checkpoints and plain causal LMs."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        settings: GRACESettings | None = None,
+        name_or_path: str | None = None,
+        generator: RationaleGenerator | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        backend_name: str | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.settings = settings or GRACESettings()
+        if self.settings.pooling not in POOLING_METHODS:
+            raise ValueError(f"grace_config.json: pooling must be one of {POOLING_METHODS}, got {self.settings.pooling!r}")
+        self.name_or_path = name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or "model"
+        self.generator: RationaleGenerator = generator or HFRationaleGenerator(model, tokenizer)
+        self.backend_name = backend_name or getattr(self.generator, "name", type(self.generator).__name__)
+        self.cache = RationaleCache(cache_dir) if cache_dir is not None else None
+        self._fingerprint: str | None = None
+        self._prompt_encoders: dict = {}
+        self.model.eval()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        device: str | None = None,
+        backend: str = "hf",
+        cache_dir: str | os.PathLike | None = None,
+        dtype: str | torch.dtype | None = None,
+        settings: GRACESettings | None = None,
+        generation_batch_size: int = 16,
+        backend_kwargs: dict | None = None,
+    ) -> "GRACEEncoder":
+        """Load a GRACE checkpoint (reads its ``grace_config.json``), a plain causal LM or an alias.
+
+        ``cache_dir`` enables the on-disk rationale cache. ``backend="vllm"`` generates with vLLM
+        (GPU); the HF model is still loaded for pooling.
+        """
+        from transformers import AutoTokenizer
+
+        path = resolve_model_name(name_or_path)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype is None:
+            dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        elif isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if settings is None:
+            settings = GRACESettings.load(path) if os.path.isdir(path) else None
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = _load_causal_lm(path, dtype, device)
+        if backend == "hf":
+            generator = HFRationaleGenerator(model, tokenizer, batch_size=generation_batch_size)
+        elif backend == "vllm":
+            try:
+                import vllm  # noqa: F401
+            except ImportError as err:
+                raise ImportError("backend='vllm' needs the vllm package (GPU): pip install vllm") from err
+            from .vllm_backend import VLLMRationaleGenerator
+
+            generator = VLLMRationaleGenerator(path, **(backend_kwargs or {}))
+        else:
+            raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+        return cls(model, tokenizer, settings, name_or_path=name_or_path, generator=generator,
+                   cache_dir=cache_dir, backend_name=backend)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, self.tokenizer)
+        return self._fingerprint
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def prompt_encoder(self, system_prompt=_UNSET, instruction=_UNSET) -> PromptEncoder:
+        sp = self.settings.system_prompt if system_prompt is _UNSET else system_prompt
+        ins = self.settings.instruction if instruction is _UNSET else instruction
+        key = (sp, ins)
+        if key not in self._prompt_encoders:
+            self._prompt_encoders[key] = PromptEncoder(self.tokenizer, system_prompt=sp, instruction=ins)
+        return self._prompt_encoders[key]
+
+    def _cache_key(self, prompt_ids: list[int], text: str, max_new_tokens: int, temperature: float, seed) -> str:
+        return make_key(
+            model=self.fingerprint,
+            backend=self.backend_name,
+            prompt_sha=hashlib.sha256(np.asarray(prompt_ids, dtype=np.int64).tobytes()).hexdigest(),
+            text=text,
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            seed=seed,
+        )
+
+    def generate_rationales(
+        self,
+        texts: Sequence[str],
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        system_prompt=_UNSET,
+        instruction=_UNSET,
+        show_progress_bar: bool = True,
+    ) -> list[Rationale]:
+        """Rationales for ``texts`` (from the cache where possible)."""
+        max_new_tokens = int(max_new_tokens or self.settings.max_new_tokens)
+        pe = self.prompt_encoder(system_prompt, instruction)
+        prompts = [pe(t).input_ids for t in texts]
+        # Sampling without a seed is not reproducible, so it is neither read from nor written to the cache.
+        use_cache = self.cache is not None and (temperature == 0 or seed is not None)
+        keys = [self._cache_key(p, t, max_new_tokens, temperature, seed) for p, t in zip(prompts, texts)] if use_cache else []
+        results: list[Rationale | None] = [None] * len(texts)
+        todo: list[int] = []
+        if use_cache:
+            for i, key in enumerate(keys):
+                hit = self.cache.get(key)
+                if hit is None:
+                    todo.append(i)
+                else:
+                    results[i] = Rationale(hit.text, hit.completion_ids, hit.truncated, cached=True)
+        else:
+            todo = list(range(len(texts)))
+        # Identical texts share one generation.
+        unique: dict[tuple, int] = {}
+        for i in todo:
+            unique.setdefault(tuple(prompts[i]), i)
+        if unique:
+            if temperature > 0 and seed is not None:
+                torch.manual_seed(seed)
+            if hasattr(self.generator, "show_progress_bar"):
+                self.generator.show_progress_bar = show_progress_bar
+            reps = list(unique.values())
+            generated = self.generator.generate([prompts[i] for i in reps], max_new_tokens, temperature)
+            if len(generated) != len(reps):
+                raise RuntimeError(f"generator returned {len(generated)} completions for {len(reps)} prompts")
+            eos = eos_token_ids(self.model, self.tokenizer)
+            by_prompt = {}
+            for i, ids in zip(reps, generated):
+                ids, truncated = split_at_eos(ids, eos)
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                by_prompt[tuple(prompts[i])] = (ids, text, truncated)
+                if use_cache:
+                    self.cache.put(keys[i], CachedRationale(ids, text, truncated),
+                                   meta={"model": str(self.name_or_path), "max_new_tokens": max_new_tokens})
+            for i in todo:
+                ids, text, truncated = by_prompt[tuple(prompts[i])]
+                results[i] = Rationale(text, ids, truncated)
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 16,
+        max_new_tokens: int | None = None,
+        use_rationale: bool = True,
+        return_rationales: bool = False,
+        show_progress_bar: bool = True,
+        normalize: bool = True,
+        convert_to_numpy: bool = True,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        system_prompt=_UNSET,
+        instruction=_UNSET,
+    ):
+        """L2-normalised embeddings (N, d), optionally with the rationale of each text.
+
+        ``use_rationale=False`` pools the prompt's content span only (no generation): the
+        "without rationale" baseline. ``system_prompt``/``instruction`` override the checkpoint's
+        settings (pass ``None`` to drop them).
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+        if not texts:
+            raise ValueError("encode() got no texts")
+        if isinstance(self.generator, HFRationaleGenerator):
+            self.generator.batch_size = batch_size
+        pe = self.prompt_encoder(system_prompt, instruction)
+        prompts = [pe(t) for t in texts]
+        if use_rationale:
+            rationales = self.generate_rationales(texts, max_new_tokens, temperature, seed, system_prompt,
+                                                  instruction, show_progress_bar)
+        else:
+            rationales = [Rationale("", [], False) for _ in texts]
+        sequences, spans = [], []
+        for p, r in zip(prompts, rationales):
+            sequences.append(list(p.input_ids) + list(r.token_ids))
+            spans.append(pool_span(len(p.input_ids), p.content_start, len(r.token_ids), self.settings.pooling))
+        vectors = self._embed(sequences, spans, batch_size, normalize, show_progress_bar)
+        out = vectors.cpu().numpy() if convert_to_numpy else vectors
+        if single:
+            out = out[0]
+            rationales = rationales[0]
+        return (out, rationales) if return_rationales else out
+
+    def _embed(self, sequences, spans, batch_size, normalize, show_progress_bar) -> torch.Tensor:
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        chunk = batch_size * 8
+        out = torch.empty((len(sequences), self.embedding_dim), dtype=torch.float32)
+        chunks = [order[c : c + chunk] for c in range(0, len(order), chunk)]
+        for idx in tqdm(chunks, desc="embedding", unit="chunk", disable=not show_progress_bar or len(chunks) < 2):
+            vecs = embed_token_sequences(self.model, [sequences[i] for i in idx], [spans[i] for i in idx],
+                                         self.tokenizer.pad_token_id, batch_size=batch_size, normalize=normalize)
+            out[torch.tensor(idx)] = vecs.float().cpu()
+        return out
+
+    @staticmethod
+    def similarity(a, b) -> np.ndarray:
+        """Cosine similarity matrix of two sets of (normalised) embeddings."""
+        a = np.asarray(a, dtype=np.float32)
+        b = np.asarray(b, dtype=np.float32)
+        a = a / np.clip(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12, None)
+        b = b / np.clip(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12, None)
+        return a @ b.T
