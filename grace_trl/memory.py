@@ -305,7 +305,7 @@ def _model_states(arch: Architecture, shape: TrainingShape, strategy: str, n: in
             return base + 2 * t, (2 + 4) * t // n, (4 + 8) * t // n, notes
         layer_buffer = ZERO3_LAYER_BUFFER_BYTES_PER_PARAM * arch.largest_layer_parameters()
         if strategy == "zero3":
-            return (2 * (p + t)) // n + layer_buffer, (2 + 4) * t // n, (4 + 8) * t // n, notes
+            return (2 * (p + t)) // n + layer_buffer, 4 * t // n, (4 + 8) * t // n, notes
         return layer_buffer, 0, 0, notes  # zero3_offload
     if strategy == "ddp":
         if str(shape.dtype).lower() not in ("float32", "fp32"):
@@ -317,7 +317,8 @@ def _model_states(arch: Architecture, shape: TrainingShape, strategy: str, n: in
         return 2 * p, (2 + 4) * p // n, (4 + 8) * p // n, notes
     layer_buffer = ZERO3_LAYER_BUFFER_BYTES_PER_PARAM * arch.largest_layer_parameters()
     if strategy == "zero3":
-        return 2 * p // n + layer_buffer, (2 + 4) * p // n, (4 + 8) * p // n, notes
+        # ZeRO-3 reduces bf16 gradients through buckets straight into fp32 partitions (DeepSpeed: 18 B/param/N)
+        return 2 * p // n + layer_buffer, 4 * p // n, (4 + 8) * p // n, notes
     return layer_buffer, 0, 0, notes  # zero3_offload: parameters, gradients and AdamW live in CPU RAM
 
 

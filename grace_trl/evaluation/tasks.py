@@ -243,8 +243,10 @@ class LocalBanking77Classification(_LocalMixin, Banking77Classification):
     training texts.
     """
 
-    def __init__(self, *args, n_experiments: int | None = None, **kwargs):
+    def __init__(self, *args, n_experiments: int | None = None, samples_per_label: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if samples_per_label is not None:
+            self.samples_per_label = samples_per_label
         if n_experiments is not None:
             self.n_experiments = n_experiments
         elif self.limit is not None:
@@ -256,7 +258,8 @@ class LocalBanking77Classification(_LocalMixin, Banking77Classification):
         data = load_banking77(self.data_dir)
         test = data["test"]
         idx = _sample(len(test), self.limit, self.seed)
-        if len(idx) < len(test) or self.n_experiments != Banking77Classification.n_experiments:
+        if (len(idx) < len(test) or self.n_experiments != Banking77Classification.n_experiments
+                or self.samples_per_label != Banking77Classification.samples_per_label):
             self.reduction = {"test": len(idx), "full_test": len(test), "n_experiments": self.n_experiments,
                               "samples_per_label": self.samples_per_label, "seed": self.seed}
         test = [test[i] for i in idx]
@@ -286,4 +289,5 @@ def get_local_task(name: str, data_dir=None, limit: int | None = None, seed: int
         kwargs.pop("n_distractors", None)
     if canonical != "Banking77Classification":
         kwargs.pop("n_experiments", None)
+        kwargs.pop("samples_per_label", None)
     return cls(data_dir=data_dir, limit=limit, seed=seed, **kwargs)

@@ -1,0 +1,242 @@
+"""``grace-trl eval``: several models/settings side by side on offline MTEB tasks.
+
+Example (the paper's comparison on a CPU-sized reduced run)::
+
+    grace-trl eval --model base=smollm2-135m --model grace=out/ckpt --model cl=out/cl \
+        --with-and-without-rationale --tasks STSBenchmark,SciFact,Banking77 --limit 200 \
+        --max-new-tokens 64 --output-dir eval_out
+
+Writes mteb result files (``OUT/mteb/results/<model>/<revision>/experiments/<settings>/<Task>.json``),
+``results.json``, ``results.md`` and (unless ``--no-html``) ``report.html`` with ``scores.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .tasks import LOCAL_TASKS, TASK_ALIASES, get_local_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRun:
+    label: str
+    path: str
+    kind: str  # "grace" (causal LM through GRACEEncoder) or "sentence-transformers"
+    use_rationale: bool = True
+    settings: dict = field(default_factory=dict)
+    base_label: str | None = None  # the --model label, shared by its with/without-rationale runs
+
+
+def is_sentence_transformer(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "modules.json"))
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """``LABEL=PATH`` or ``PATH`` (label = last path component / alias)."""
+    if "=" in spec:
+        label, path = spec.split("=", 1)
+        if not label or not path:
+            raise ValueError(f"--model {spec!r}: expected LABEL=PATH")
+        return label, path
+    return os.path.basename(os.path.normpath(spec)) or spec, spec
+
+
+def plan_runs(specs: list[str], no_rationale: bool, both: bool) -> list[ModelRun]:
+    runs = []
+    for spec in specs:
+        label, path = parse_model_spec(spec)
+        if os.path.isdir(path) and is_sentence_transformer(path):
+            runs.append(ModelRun(label, path, "sentence-transformers", use_rationale=False,
+                                 settings={"pooling": "sentence-transformers (mean)"}))
+        elif both:
+            runs.append(ModelRun(f"{label} (no rationale)", path, "grace", use_rationale=False, base_label=label))
+            runs.append(ModelRun(f"{label} (rationale)", path, "grace", use_rationale=True, base_label=label))
+        else:
+            runs.append(ModelRun(label, path, "grace", use_rationale=not no_rationale))
+    labels = [r.label for r in runs]
+    dupes = {x for x in labels if labels.count(x) > 1}
+    if dupes:
+        raise ValueError(f"duplicate model labels {sorted(dupes)}; give each --model a LABEL=PATH")
+    return runs
+
+
+def canonical_tasks(spec: str) -> list[str]:
+    names = []
+    for raw in [s.strip() for s in spec.split(",") if s.strip()]:
+        name = TASK_ALIASES.get(raw.lower(), raw)
+        if name not in LOCAL_TASKS:
+            raise ValueError(f"--tasks: unknown task {raw!r}; available offline: {sorted(LOCAL_TASKS)}")
+        names.append(name)
+    if not names:
+        raise ValueError("--tasks is empty")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grace-trl eval", description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
+                   help="Model alias, local checkpoint, Hub id, or sentence-transformers folder. Repeatable.")
+    p.add_argument("--tasks", default="STSBenchmark,SciFact,Banking77Classification")
+    p.add_argument("--limit", type=int, default=None,
+                   help="Reduced run: N STS pairs / N SciFact queries (+relevant docs + distractors) / N Banking77 "
+                        "test texts (seeded). Results are labelled as reduced.")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-rationale", action="store_true", help="Embed the prompt only (no generation).")
+    p.add_argument("--with-and-without-rationale", action="store_true",
+                   help="Evaluate every causal LM twice: without and with its rationale.")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="Rationale length (default: checkpoint setting).")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--scifact-distractors", type=int, default=None, help="Distractor docs in a reduced SciFact (2×limit).")
+    p.add_argument("--n-experiments", type=int, default=None, help="Banking77 classifier repeats (mteb: 10; 1 with --limit).")
+    p.add_argument("--samples-per-label", type=int, default=None,
+                   help="Banking77 training texts per label per experiment (mteb: 8); changing it marks the run reduced.")
+    p.add_argument("--data-dir", default=None, help="Folder holding STSBenchmark/, SciFact/, Banking77Classification/.")
+    p.add_argument("--cache-dir", default=None, help="Rationale cache (default OUTPUT_DIR/rationale_cache).")
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    p.add_argument("--generation-check", action="store_true",
+                   help="Also report perplexity on held-out text and greedy answers for each causal LM.")
+    p.add_argument("--samples", type=int, default=5, help="STS sample pairs with rationales in the HTML report.")
+    p.add_argument("--no-html", action="store_true")
+    p.add_argument("--output-dir", required=True)
+    return p
+
+
+def _task_kwargs(args) -> dict:
+    return {"data_dir": args.data_dir, "limit": args.limit, "seed": args.seed,
+            "n_distractors": args.scifact_distractors, "n_experiments": args.n_experiments,
+            "samples_per_label": args.samples_per_label}
+
+
+def run_evaluation(args) -> dict:
+    import mteb
+
+    from ..encoder import GRACEEncoder
+    from .mteb_wrapper import GRACEMTEBEncoder
+
+    task_names = canonical_tasks(args.tasks)
+    runs = plan_runs(args.model, args.no_rationale, args.with_and_without_rationale)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = args.cache_dir or str(out / "rationale_cache")
+    result_cache = mteb.ResultCache(out / "mteb")
+    encode_kwargs = {"batch_size": args.batch_size, "show_progress_bar": True}
+
+    tasks_info: dict[str, dict] = {}
+    models_info, samples, generation = [], {}, {}
+    loaded: dict[str, object] = {}
+    checked_paths: set[str] = set()
+    for run in runs:
+        logger.info("evaluating %s", run.label)
+        task_objs = [get_local_task(n, **_task_kwargs(args)) for n in task_names]
+        if run.kind == "sentence-transformers":
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(run.path, device=args.device)
+            evaluated = model
+            run.settings.update({"limit": args.limit})
+        else:
+            if run.path not in loaded:
+                loaded.clear()
+                gc.collect()
+                loaded[run.path] = GRACEEncoder.from_pretrained(run.path, device=args.device, backend=args.backend,
+                                                                cache_dir=cache_dir)
+            encoder = loaded[run.path]
+            experiment = {"limit": args.limit} if args.limit else {}
+            evaluated = GRACEMTEBEncoder(encoder, use_rationale=run.use_rationale, max_new_tokens=args.max_new_tokens,
+                                         name=run.path, experiment_kwargs=experiment)
+            run.settings.update({"rationale": run.use_rationale, "pooling": encoder.settings.pooling,
+                                 "system_prompt": "checkpoint" if encoder.settings.system_prompt else None})
+            if run.use_rationale:
+                run.settings["max_new_tokens"] = evaluated.max_new_tokens
+        result = mteb.evaluate(evaluated, task_objs, cache=result_cache, overwrite_strategy="always",
+                               encode_kwargs=dict(encode_kwargs))
+        for task, tr in zip(task_objs, result.task_results):
+            info = tasks_info.setdefault(tr.task_name, {
+                "name": tr.task_name, "type": task.metadata.type, "main_score": task.metadata.main_score,
+                "reduced": task.reduced, "reduction": task.reduction, "scores": {}})
+            info["scores"][run.label] = float(tr.get_score())
+        models_info.append({"label": run.label, "path": run.path, "kind": run.kind, "settings": run.settings})
+        if run.kind == "grace" and run.use_rationale and args.samples > 0 and "STSBenchmark" in task_names:
+            samples[run.label] = sts_samples(loaded[run.path], args, evaluated.max_new_tokens)
+        if args.generation_check and run.path not in checked_paths:
+            checked_paths.add(run.path)
+            generation[run.base_label or run.label] = _generation_check(run, loaded.get(run.path), args)
+        print(f"[{run.label}] " + ", ".join(f"{n}={tasks_info[n]['scores'][run.label]:.4f}" for n in task_names), flush=True)
+    results = {
+        "models": models_info,
+        "tasks": [tasks_info[n] for n in task_names],
+        "limit": args.limit,
+        "seed": args.seed,
+        "leaderboard_comparable": args.limit is None,
+        "samples": samples,
+        "generation_check": generation,
+        "mteb_results_dir": str(out / "mteb" / "results"),
+    }
+    return results
+
+
+def sts_samples(encoder, args, max_new_tokens: int) -> list[dict]:
+    """A few STS pairs with both rationales and their cosine (rationales come from the cache)."""
+    import numpy as np
+
+    task = get_local_task("STSBenchmark", data_dir=args.data_dir, limit=args.limit, seed=args.seed)
+    task.load_data()
+    rows = task.dataset["test"].select(range(min(args.samples, len(task.dataset["test"]))))
+    texts = list(rows["sentence1"]) + list(rows["sentence2"])
+    vecs, rats = encoder.encode(texts, batch_size=args.batch_size, max_new_tokens=max_new_tokens,
+                                return_rationales=True, show_progress_bar=False)
+    n = len(rows)
+    cos = np.sum(vecs[:n] * vecs[n:], axis=1)
+    return [{"text1": rows["sentence1"][i], "text2": rows["sentence2"][i], "gold": float(rows["score"][i]),
+             "cosine": float(cos[i]), "rationale1": rats[i].text, "rationale2": rats[n + i].text,
+             "truncated": [rats[i].truncated, rats[n + i].truncated]} for i in range(n)]
+
+
+def _generation_check(run: ModelRun, encoder, args) -> dict:
+    from .generation_check import generation_check
+
+    if encoder is not None:
+        return generation_check(encoder.model, encoder.tokenizer)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # A sentence-transformers folder saved from a causal LM holds the backbone; tied-embedding models
+    # (SmolLM2) regain their LM head on load, others get a freshly initialised one (reported as such).
+    tok = AutoTokenizer.from_pretrained(run.path)
+    model = AutoModelForCausalLM.from_pretrained(run.path)
+    res = generation_check(model, tok)
+    res["note"] = "loaded from the sentence-transformers backbone"
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .report import text_table, write_reports
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        canonical_tasks(args.tasks)
+        plan_runs(args.model, args.no_rationale, args.with_and_without_rationale)
+    except ValueError as err:
+        print(f"grace-trl eval: {err}", file=sys.stderr)
+        return 2
+    results = run_evaluation(args)
+    paths = write_reports(results, args.output_dir, html_output=not args.no_html)
+    print()
+    print(text_table(results))
+    print()
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

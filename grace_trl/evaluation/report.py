@@ -1,0 +1,207 @@
+"""Tables and reports: scores per task and per MTEB category, models side by side.
+
+The category table has the shape of the GRACE paper's Table 1 (one row per model, one column per
+task category, then the average over categories). Reduced runs are labelled in every output.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+CATEGORY_ORDER = ["Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS", "Summarization"]
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def task_label(task: dict) -> str:
+    return f"{task['name']}*" if task.get("reduced") else task["name"]
+
+
+def category_scores(results: dict) -> dict[str, dict[str, float | None]]:
+    """{model: {category: mean main score of its tasks, ..., "Avg": mean over categories}}."""
+    out = {}
+    cats = categories(results)
+    for model in results["models"]:
+        label = model["label"]
+        row = {}
+        for cat in cats:
+            vals = [t["scores"].get(label) for t in results["tasks"] if t["type"] == cat]
+            vals = [v for v in vals if v is not None]
+            row[cat] = sum(vals) / len(vals) if vals else None
+        present = [v for v in row.values() if v is not None]
+        row["Avg"] = sum(present) / len(present) if present else None
+        out[label] = row
+    return out
+
+
+def categories(results: dict) -> list[str]:
+    types = {t["type"] for t in results["tasks"]}
+    return [c for c in CATEGORY_ORDER if c in types] + sorted(types - set(CATEGORY_ORDER))
+
+
+def markdown_tables(results: dict) -> str:
+    labels = [m["label"] for m in results["models"]]
+    lines = ["### Scores per task (main score × 100)", ""]
+    lines.append("| model | " + " | ".join(f"{task_label(t)} ({t['main_score']})" for t in results["tasks"]) + " |")
+    lines.append("|---" * (len(results["tasks"]) + 1) + "|")
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(_fmt(t["scores"].get(label)) for t in results["tasks"]) + " |")
+    cats = categories(results)
+    cat = category_scores(results)
+    lines += ["", "### Scores per category (mean of tasks; Avg = mean of categories)", ""]
+    lines.append("| model | " + " | ".join(cats) + " | Avg |")
+    lines.append("|---" * (len(cats) + 2) + "|")
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(_fmt(cat[label][c]) for c in cats) + f" | {_fmt(cat[label]['Avg'])} |")
+    reduced = [t for t in results["tasks"] if t.get("reduced")]
+    if reduced:
+        lines += ["", "\\* reduced run (`--limit`), NOT comparable with the MTEB leaderboard:"]
+        for t in reduced:
+            lines.append(f"- {t['name']}: " + ", ".join(f"{k}={v}" for k, v in t["reduction"].items()))
+    lines += ["", "Models:"]
+    for m in results["models"]:
+        lines.append(f"- **{m['label']}**: `{m['path']}` " + ", ".join(f"{k}={v}" for k, v in m["settings"].items()))
+    gen = results.get("generation_check")
+    if gen:
+        lines += ["", "### Generation preservation (perplexity on held-out text, lower is better)", ""]
+        lines.append("| model | perplexity |")
+        lines.append("|---|---|")
+        for label, g in gen.items():
+            lines.append(f"| {label} | {g['perplexity']:.2f} |")
+        for label, g in gen.items():
+            lines += ["", f"Greedy answers of **{label}**:"]
+            for qa in g["answers"]:
+                answer = qa["answer"].replace("\n", " ")
+                lines.append(f"- *{qa['question']}* → {answer}")
+    return "\n".join(lines) + "\n"
+
+
+def text_table(results: dict) -> str:
+    """Plain-text tables for the terminal."""
+    labels = [m["label"] for m in results["models"]]
+    width = max([len(x) for x in labels] + [5]) + 2
+    out = []
+    cols = [task_label(t) for t in results["tasks"]]
+    colw = max([len(c) for c in cols] + [8]) + 2
+    out.append("Per task (main score x 100):")
+    out.append("model".ljust(width) + "".join(c.rjust(colw) for c in cols))
+    for label in labels:
+        out.append(label.ljust(width) + "".join(_fmt(t["scores"].get(label)).rjust(colw) for t in results["tasks"]))
+    cats = categories(results) + ["Avg"]
+    cat = category_scores(results)
+    catw = max([len(c) for c in cats] + [8]) + 2
+    out.append("")
+    out.append("Per category:")
+    out.append("model".ljust(width) + "".join(c.rjust(catw) for c in cats))
+    for label in labels:
+        out.append(label.ljust(width) + "".join(_fmt(cat[label][c]).rjust(catw) for c in cats))
+    if any(t.get("reduced") for t in results["tasks"]):
+        out.append("* reduced run (--limit): not comparable with the MTEB leaderboard")
+    return "\n".join(out)
+
+
+def bar_plot_png(results: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cats = categories(results) + ["Avg"]
+    cat = category_scores(results)
+    labels = [m["label"] for m in results["models"]]
+    x = np.arange(len(cats))
+    width = 0.8 / max(len(labels), 1)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(cats) + 1), 3.6))
+    for i, label in enumerate(labels):
+        vals = [100 * (cat[label][c] or 0.0) for c in cats]
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, vals, width, label=label)
+    ax.set_xticks(x, cats)
+    ax.set_ylabel("score × 100")
+    title = "MTEB category scores"
+    if any(t.get("reduced") for t in results["tasks"]):
+        title += " (reduced run)"
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def html_report(results: dict, png: bytes | None) -> str:
+    e = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>grace-trl evaluation</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px}td.num{text-align:right}.r{color:#a00}"
+             ".rat{font-size:90%;color:#333;white-space:pre-wrap}</style></head><body>",
+             "<h1>grace-trl evaluation</h1>"]
+    if any(t.get("reduced") for t in results["tasks"]):
+        parts.append("<p class='r'><b>Reduced run (--limit):</b> scores are NOT comparable with the MTEB leaderboard.</p>")
+    labels = [m["label"] for m in results["models"]]
+    parts.append("<h2>Per task</h2><table><tr><th>model</th>" + "".join(
+        f"<th>{e(task_label(t))}<br><small>{e(t['main_score'])}</small></th>" for t in results["tasks"]) + "</tr>")
+    for label in labels:
+        parts.append(f"<tr><td>{e(label)}</td>" + "".join(
+            f"<td class='num'>{_fmt(t['scores'].get(label))}</td>" for t in results["tasks"]) + "</tr>")
+    parts.append("</table>")
+    cats = categories(results) + ["Avg"]
+    cat = category_scores(results)
+    parts.append("<h2>Per category</h2><table><tr><th>model</th>" + "".join(f"<th>{e(c)}</th>" for c in cats) + "</tr>")
+    for label in labels:
+        parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{_fmt(cat[label][c])}</td>" for c in cats) + "</tr>")
+    parts.append("</table>")
+    if png:
+        parts.append(f"<p><img alt='category scores' src='data:image/png;base64,{base64.b64encode(png).decode()}'></p>")
+    for t in results["tasks"]:
+        if t.get("reduced"):
+            parts.append(f"<p><small>{e(t['name'])} reduction: {e(json.dumps(t['reduction']))}</small></p>")
+    parts.append("<h2>Models</h2><ul>")
+    for m in results["models"]:
+        parts.append(f"<li><b>{e(m['label'])}</b>: <code>{e(m['path'])}</code> {e(json.dumps(m['settings']))}</li>")
+    parts.append("</ul>")
+    samples = results.get("samples") or {}
+    for label, pairs in samples.items():
+        parts.append(f"<h2>Sample STS pairs — {e(label)}</h2><table><tr><th>gold (0-5)</th><th>cosine</th>"
+                     "<th>text 1 / rationale</th><th>text 2 / rationale</th></tr>")
+        for p in pairs:
+            parts.append(
+                f"<tr><td class='num'>{p['gold']:.2f}</td><td class='num'>{p['cosine']:.3f}</td>"
+                f"<td><b>{e(p['text1'])}</b><div class='rat'>{e(p['rationale1'])}</div></td>"
+                f"<td><b>{e(p['text2'])}</b><div class='rat'>{e(p['rationale2'])}</div></td></tr>")
+        parts.append("</table>")
+    gen = results.get("generation_check")
+    if gen:
+        parts.append("<h2>Generation preservation</h2><table><tr><th>model</th><th>perplexity (held-out text)</th></tr>")
+        for label, g in gen.items():
+            parts.append(f"<tr><td>{e(label)}</td><td class='num'>{g['perplexity']:.2f}</td></tr>")
+        parts.append("</table>")
+        for label, g in gen.items():
+            parts.append(f"<h3>Greedy answers: {e(label)}</h3><ul>")
+            for qa in g["answers"]:
+                parts.append(f"<li><i>{e(qa['question'])}</i><br>{e(qa['answer'])}</li>")
+            parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_reports(results: dict, output_dir: str | Path, html_output: bool = True) -> dict[str, Path]:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    paths["markdown"].write_text(markdown_tables(results), encoding="utf-8")
+    if html_output:
+        png = bar_plot_png(results)
+        paths["png"] = out / "scores.png"
+        paths["png"].write_bytes(png)
+        paths["html"] = out / "report.html"
+        paths["html"].write_text(html_report(results, png), encoding="utf-8")
+    return paths

@@ -1,0 +1,114 @@
+"""Rationale cache: hit/miss, corrupt and half-written entries, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import pytest
+
+from grace_trl.cache import CachedRationale, RationaleCache, make_key, model_fingerprint
+
+
+def test_key_depends_on_every_part():
+    base = dict(model="m", prompt="p", text="t", max_new_tokens=16, temperature=0.0)
+    key = make_key(**base)
+    assert key == make_key(**dict(reversed(list(base.items()))))  # order-independent
+    for field, other in [("model", "m2"), ("prompt", "p2"), ("text", "t2"), ("max_new_tokens", 17), ("temperature", 0.5)]:
+        assert make_key(**{**base, field: other}) != key, field
+
+
+def test_miss_then_hit(tmp_path):
+    cache = RationaleCache(tmp_path)
+    key = make_key(text="hello")
+    assert cache.get(key) is None
+    assert (cache.hits, cache.misses) == (0, 1)
+    cache.put(key, CachedRationale([5, 6, 2], "five six", False))
+    got = cache.get(key)
+    assert got == CachedRationale([5, 6, 2], "five six", False)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert len(cache) == 1 and key in cache
+    # no temporary files left behind
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_truncated_flag_round_trips(tmp_path):
+    cache = RationaleCache(tmp_path)
+    key = make_key(text="long")
+    cache.put(key, CachedRationale([1, 2, 3], "one two three", True))
+    assert cache.get(key).truncated is True
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "checksum", "wrong_key"])
+def test_corrupt_entry_is_dropped_and_regenerated(tmp_path, damage):
+    cache = RationaleCache(tmp_path)
+    key = make_key(text="x")
+    path = cache.put(key, CachedRationale([7, 8, 9, 2], "seven eight nine", False))
+    raw = path.read_bytes()
+    if damage == "truncate":  # an interrupted non-atomic write
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00\xff not json")
+    elif damage == "checksum":
+        entry = json.loads(raw)
+        entry["payload"]["completion_ids"] = [7, 8]
+        path.write_text(json.dumps(entry))
+    else:
+        entry = json.loads(raw)
+        entry["key"] = make_key(text="y")
+        path.write_text(json.dumps(entry))
+    assert cache.get(key) is None
+    assert cache.recovered == 1
+    assert not path.exists()  # removed so the regenerated entry replaces it
+    cache.put(key, CachedRationale([7, 8, 9, 2], "seven eight nine", False))
+    assert cache.get(key).completion_ids == [7, 8, 9, 2]
+
+
+def test_rejects_non_hex_keys(tmp_path):
+    with pytest.raises(ValueError, match="hex digest"):
+        RationaleCache(tmp_path).path("../../etc/passwd")
+
+
+def _writer(directory: str, worker: int, n_keys: int, rounds: int) -> None:
+    cache = RationaleCache(directory)
+    for r in range(rounds):
+        for k in range(n_keys):
+            ids = list(range(k, k + 50))
+            cache.put(make_key(text=f"text-{k}"), CachedRationale(ids, f"rationale {k} " * 20, k % 2 == 0),
+                      meta={"worker": worker, "round": r})
+
+
+@pytest.mark.slow
+def test_two_processes_writing_the_same_keys(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 20, 15)) for w in range(2)]
+    for p in procs:
+        p.start()
+    # read concurrently: every read is a miss or a whole, valid entry, never a corrupt one
+    reader = RationaleCache(tmp_path)
+    while any(p.is_alive() for p in procs):
+        for k in range(20):
+            got = reader.get(make_key(text=f"text-{k}"))
+            assert got is None or got.completion_ids == list(range(k, k + 50))
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert reader.recovered == 0
+    final = RationaleCache(tmp_path)
+    for k in range(20):
+        got = final.get(make_key(text=f"text-{k}"))
+        assert got == CachedRationale(list(range(k, k + 50)), f"rationale {k} " * 20, k % 2 == 0)
+    assert final.recovered == 0 and len(final) == 20
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_model_fingerprint_tracks_weights(tiny_model_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    fp = model_fingerprint(model)
+    assert fp == model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_path))
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.view(-1)[0] += 1e-3
+    assert model_fingerprint(model) != fp

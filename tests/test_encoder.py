@@ -1,0 +1,167 @@
+"""GRACEEncoder: determinism, pooling identical to the trainer's, cache use, checkpoint settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from grace_trl.config import GRACESettings
+from grace_trl.encoder import GRACEEncoder, HFRationaleGenerator, RationaleGenerator, split_at_eos
+from grace_trl.pooling import embed_token_sequences, pool_span
+from grace_trl.prompts import PromptEncoder
+
+TEXTS = ["A man is playing a guitar.", "The stock market fell sharply on Monday.", "Cats sleep a lot.",
+         "A man is playing a guitar."]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_path):
+    return GRACEEncoder.from_pretrained(tiny_model_path, device="cpu")
+
+
+def test_split_at_eos():
+    assert split_at_eos([5, 6, 2, 2, 2], {2}) == ([5, 6, 2], False)
+    assert split_at_eos([5, 6, 7], {2}) == ([5, 6, 7], True)
+    assert split_at_eos([2], {2}) == ([2], False)
+
+
+def test_greedy_encode_is_deterministic(encoder, tiny_model_path):
+    a, ra = encoder.encode(TEXTS, max_new_tokens=6, return_rationales=True, show_progress_bar=False)
+    b, rb = encoder.encode(TEXTS, max_new_tokens=6, return_rationales=True, show_progress_bar=False)
+    fresh = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu")
+    c = fresh.encode(TEXTS, max_new_tokens=6, batch_size=3, show_progress_bar=False)
+    assert a.shape == (len(TEXTS), 64)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, c, atol=1e-5)
+    assert [r.token_ids for r in ra] == [r.token_ids for r in rb]
+    np.testing.assert_allclose(a[0], a[3], atol=1e-6)  # duplicate texts get the same vector
+
+
+def test_encoder_pooling_equals_trainer_pooling(encoder):
+    """The vector from encode() equals pooling prompt + rationale ids with the trainer's functions."""
+    vecs, rats = encoder.encode(TEXTS[:3], max_new_tokens=6, return_rationales=True, show_progress_bar=False)
+    pe = PromptEncoder(encoder.tokenizer, encoder.settings.system_prompt, encoder.settings.instruction)
+    seqs, spans = [], []
+    for text, rat in zip(TEXTS[:3], rats):
+        p = pe(text)
+        assert 0 < p.content_start < len(p.input_ids)
+        assert len(rat.token_ids) > 0
+        seqs.append(p.input_ids + rat.token_ids)
+        spans.append(pool_span(len(p.input_ids), p.content_start, len(rat.token_ids), "mean"))
+    ref = embed_token_sequences(encoder.model, seqs, spans, encoder.tokenizer.pad_token_id, batch_size=2)
+    np.testing.assert_allclose(vecs, ref.numpy(), atol=1e-5)
+    # and the generated ids are what the model produces greedily for that single prompt
+    p = pe(TEXTS[0])
+    out = encoder.model.generate(torch.tensor([p.input_ids]), max_new_tokens=6, do_sample=False,
+                                 pad_token_id=encoder.tokenizer.pad_token_id)
+    assert split_at_eos(out[0, len(p.input_ids):].tolist(), {encoder.tokenizer.eos_token_id})[0] == rats[0].token_ids
+
+
+def test_without_rationale_pools_the_prompt_content(encoder):
+    vecs = encoder.encode(TEXTS[:2], use_rationale=False, show_progress_bar=False)
+    pe = PromptEncoder(encoder.tokenizer, encoder.settings.system_prompt)
+    prompts = [pe(t) for t in TEXTS[:2]]
+    ref = embed_token_sequences(encoder.model, [p.input_ids for p in prompts],
+                                [(p.content_start, len(p.input_ids)) for p in prompts], encoder.tokenizer.pad_token_id)
+    np.testing.assert_allclose(vecs, ref.numpy(), atol=1e-5)
+    with_rat = encoder.encode(TEXTS[:2], max_new_tokens=6, show_progress_bar=False)
+    assert not np.allclose(vecs, with_rat, atol=1e-3)
+
+
+def test_single_string_and_tensor_output(encoder):
+    v = encoder.encode("hello there", max_new_tokens=3, show_progress_bar=False)
+    assert v.shape == (64,)
+    t = encoder.encode(["hello there"], max_new_tokens=3, convert_to_numpy=False, show_progress_bar=False)
+    assert isinstance(t, torch.Tensor) and t.shape == (1, 64)
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        encoder.encode(["ok", 3], show_progress_bar=False)
+
+
+def test_truncated_rationale_is_flagged(encoder):
+    _, rats = encoder.encode(TEXTS[:2], max_new_tokens=2, return_rationales=True, show_progress_bar=False)
+    for r in rats:
+        eos_seen = encoder.tokenizer.eos_token_id in r.token_ids
+        assert r.truncated == (not eos_seen)
+        assert len(r.token_ids) <= 2
+
+
+def test_cache_skips_generation_and_recovers(tiny_model_path, tmp_path):
+    enc = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu", cache_dir=tmp_path / "c")
+    calls = []
+    original = enc.generator.generate
+
+    def counting(prompts, max_new_tokens, temperature=0.0):
+        calls.append(len(prompts))
+        return original(prompts, max_new_tokens, temperature)
+
+    enc.generator.generate = counting
+    a = enc.encode(TEXTS, max_new_tokens=5, show_progress_bar=False)
+    assert calls == [3]  # 4 texts, one duplicate
+    b, rats = enc.encode(TEXTS, max_new_tokens=5, return_rationales=True, show_progress_bar=False)
+    assert calls == [3] and all(r.cached for r in rats)
+    np.testing.assert_array_equal(a, b)
+    # another generation setting is another key
+    enc.encode(TEXTS[:1], max_new_tokens=4, show_progress_bar=False)
+    assert calls == [3, 1]
+    # damage one entry (half-written file): it is regenerated, embeddings unchanged
+    victim = sorted((tmp_path / "c").rglob("*.json"))[0]
+    victim.write_bytes(victim.read_bytes()[:10])
+    c = enc.encode(TEXTS, max_new_tokens=5, show_progress_bar=False)
+    assert calls == [3, 1, 1] and enc.cache.recovered == 1
+    np.testing.assert_allclose(a, c, atol=1e-6)
+
+
+def test_reads_grace_config_from_checkpoint(tiny_model_path, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_path, ckpt)
+    GRACESettings(system_prompt=None, instruction="Represent this sentence:", pooling="last", max_new_tokens=3).save(str(ckpt))
+    enc = GRACEEncoder.from_pretrained(str(ckpt), device="cpu")
+    assert enc.settings.pooling == "last" and enc.settings.max_new_tokens == 3
+    v, rats = enc.encode(TEXTS[:2], return_rationales=True, show_progress_bar=False)
+    assert all(len(r.token_ids) <= 3 for r in rats)
+    pe = PromptEncoder(enc.tokenizer, None, "Represent this sentence:")
+    seqs = [pe(t).input_ids + r.token_ids for t, r in zip(TEXTS[:2], rats)]
+    assert "Represent this sentence:" in enc.tokenizer.decode(seqs[0])
+    ref = embed_token_sequences(enc.model, seqs, [(len(s) - 1, len(s)) for s in seqs], enc.tokenizer.pad_token_id)
+    np.testing.assert_allclose(v, ref.numpy(), atol=1e-5)
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_path, bad)
+    (bad / "grace_config.json").write_text(json.dumps({"pooling": "max"}))
+    with pytest.raises(ValueError, match="pooling"):
+        GRACEEncoder.from_pretrained(str(bad), device="cpu")
+
+
+def test_backends(tiny_model_path, encoder):
+    assert isinstance(encoder.generator, HFRationaleGenerator)
+    assert isinstance(encoder.generator, RationaleGenerator)
+    with pytest.raises(ValueError, match="backend"):
+        GRACEEncoder.from_pretrained(tiny_model_path, device="cpu", backend="onnx")
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ImportError, match="vllm"):
+            GRACEEncoder.from_pretrained(tiny_model_path, device="cpu", backend="vllm")
+
+
+def test_seeded_sampling_is_reproducible(encoder):
+    a = encoder.encode(TEXTS[:2], max_new_tokens=6, temperature=1.0, seed=3, show_progress_bar=False)
+    b = encoder.encode(TEXTS[:2], max_new_tokens=6, temperature=1.0, seed=3, show_progress_bar=False)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_real_smollm2_encodes_with_rationales():
+    enc = GRACEEncoder.from_pretrained("smollm2-135m", device="cpu")
+    texts = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market crashed."]
+    vecs, rats = enc.encode(texts, max_new_tokens=16, return_rationales=True, show_progress_bar=False)
+    assert vecs.shape == (3, 576)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    for r in rats:
+        assert 0 < len(r.token_ids) <= 16 and r.text.strip()
+        assert r.truncated == (enc.tokenizer.eos_token_id not in r.token_ids)
+    sims = vecs @ vecs.T
+    assert sims[0, 1] > sims[0, 2]  # paraphrase closer than an unrelated sentence

@@ -1,0 +1,133 @@
+"""Offline MTEB tasks (row counts, reductions, input errors) and an end-to-end `grace-trl eval` run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from grace_trl.evaluation.tasks import (
+    get_local_task,
+    load_banking77,
+    load_scifact,
+    load_sts_benchmark,
+    reduce_retrieval,
+)
+
+
+def test_sts_benchmark_matches_mteb_row_count(shared_data):
+    rows = load_sts_benchmark(shared_data)
+    assert len(rows) == 1379
+    assert all(0.0 <= s <= 5.0 for _, _, s in rows)
+    assert rows[0][:2] == ("A girl is styling her hair.", "A girl is brushing her hair.")
+
+
+def test_scifact_matches_mteb_row_counts(shared_data):
+    data = load_scifact(shared_data)
+    assert len(data.corpus) == 5183
+    assert len(data.queries) == 300
+    assert sum(len(v) for v in data.qrels.values()) == 339
+
+
+def test_banking77_matches_mteb_row_counts(shared_data):
+    data = load_banking77(shared_data)
+    assert len(data["test"]) == 3080
+    assert len(data["train"]) == 10003
+    assert len({y for _, y in data["test"]}) == 77
+
+
+def test_reduced_scifact_keeps_all_relevant_docs_and_is_seeded(shared_data):
+    full = load_scifact(shared_data)
+    red = reduce_retrieval(full, limit=20, n_distractors=30, seed=1)
+    assert len(red.queries) == 20 and red.reduced
+    relevant = {d for q in red.qrels for d in red.qrels[q]}
+    assert relevant <= set(red.corpus)
+    assert len(red.corpus) == len(relevant) + 30
+    again = reduce_retrieval(full, limit=20, n_distractors=30, seed=1)
+    assert again.queries == red.queries and list(again.corpus) == list(red.corpus)
+    assert reduce_retrieval(full, limit=20, n_distractors=30, seed=2).queries != red.queries
+
+
+def test_local_tasks_label_reductions(shared_data):
+    full = get_local_task("STSBenchmark", data_dir=shared_data)
+    full.load_data()
+    assert len(full.dataset["test"]) == 1379 and not full.reduced
+    small = get_local_task("stsb", data_dir=shared_data, limit=50)
+    small.load_data()
+    assert len(small.dataset["test"]) == 50 and small.reduction["full_pairs"] == 1379
+    bank = get_local_task("banking77", data_dir=shared_data, limit=40)
+    bank.load_data()
+    assert len(bank.dataset["test"]) == 40 and bank.n_experiments == 1 and bank.reduced
+    assert bank.metadata.main_score == "accuracy"
+    with pytest.raises(KeyError, match="unknown local task"):
+        get_local_task("NFCorpus")
+
+
+def test_bad_rows_name_the_line(tmp_path):
+    (tmp_path / "STSBenchmark").mkdir()
+    (tmp_path / "STSBenchmark" / "sts-test.csv").write_text(
+        "g\tf\t2012\t1\t4.0\tA\tB\n" "g\tf\t2012\t2\tgood\tC\tD\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"sts-test.csv:2: column 5 \(score\)"):
+        load_sts_benchmark(tmp_path)
+    with pytest.raises(FileNotFoundError, match="GRACE_TRL_DATA_DIR"):
+        load_banking77(tmp_path)
+
+
+def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, tmp_path):
+    import mteb
+    from mteb.results import TaskResult
+
+    from grace_trl.evaluation.cli import main
+
+    out = tmp_path / "eval"
+    rc = main(["--model", f"tiny={tiny_model_path}", "--with-and-without-rationale", "--tasks",
+               "STSBenchmark,SciFact,Banking77", "--limit", "6", "--scifact-distractors", "6", "--samples-per-label", "1",
+               "--max-new-tokens", "2", "--batch-size", "32", "--samples", "2", "--data-dir", str(shared_data),
+               "--output-dir", str(out)])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [m["label"] for m in results["models"]] == ["tiny (no rationale)", "tiny (rationale)"]
+    assert results["leaderboard_comparable"] is False
+    for task in results["tasks"]:
+        assert task["reduced"] is True
+        for score in task["scores"].values():
+            assert -1.0 <= score <= 1.0
+    files = sorted(Path(results["mteb_results_dir"]).rglob("*.json"))
+    task_files = [f for f in files if f.name != "model_meta.json"]
+    assert len(task_files) == 6  # 3 tasks x 2 settings
+    for f in task_files:
+        tr = TaskResult.from_disk(f)
+        assert tr.task_name in {"STSBenchmark", "SciFact", "Banking77Classification"}
+        label = "tiny (rationale)" if "rationale_True" in str(f) else "tiny (no rationale)"
+        expected = next(t for t in results["tasks"] if t["name"] == tr.task_name)["scores"][label]
+        assert tr.get_score() == pytest.approx(expected, abs=1e-5)
+        assert "limit_6" in str(f)  # the reduction is part of mteb's experiment name
+    md = (out / "results.md").read_text()
+    assert "NOT comparable" in md and "Retrieval" in md and "Avg" in md
+    assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Sample STS pairs" in (out / "report.html").read_text()
+    assert len(results["samples"]["tiny (rationale)"]) == 2
+    assert isinstance(mteb.ResultCache(out / "mteb"), mteb.ResultCache)
+
+
+def test_eval_cli_rejects_bad_arguments(capsys):
+    from grace_trl.evaluation.cli import main
+
+    assert main(["--model", "x", "--tasks", "NoSuchTask", "--output-dir", "/tmp/unused"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert main(["--model", "a=x", "--model", "a=y", "--output-dir", "/tmp/unused"]) == 2
+    assert "duplicate model labels" in capsys.readouterr().err
+
+
+def test_generation_check_on_tiny_model(tiny_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grace_trl.evaluation.generation_check import generation_check
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    res = generation_check(model, tok, max_new_tokens=4)
+    # a random model is close to uniform over the vocabulary
+    assert res["perplexity"] > 1000
+    assert len(res["answers"]) == 5

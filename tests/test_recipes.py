@@ -1,0 +1,182 @@
+"""Every recipe parses into the trainer's dataclasses, carries the paper's settings, and points at files and
+commands that exist; every accelerate config goes through accelerate's own launch-time validation."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import fields
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+GPU_RECIPES = [p for p in RECIPES if (yaml.safe_load(p.read_text()) or {}).get("bf16")]
+ACCELERATE_CONFIGS = sorted((REPO / "recipes" / "accelerate_configs").glob("*.yaml"))
+PAPER_MODELS = {
+    "Qwen/Qwen2.5-1.5B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "Qwen/Qwen2.5-3B-Instruct",
+    "Qwen/Qwen3-4B-Instruct-2507",
+}
+
+
+def _rel(p: Path) -> str:
+    return str(p.relative_to(REPO))
+
+
+def _comment_commands(path: Path, program: str) -> list[list[str]]:
+    """Shell commands written in a recipe's comments (with backslash continuations joined)."""
+    lines = [line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    joined = re.sub(r"\\\s*\n\s*", " ", "\n".join(lines))
+    return [shlex.split(line) for line in joined.splitlines() if line.startswith(program)]
+
+
+def test_recipes_exist_for_every_paper_backbone():
+    assert len(ACCELERATE_CONFIGS) >= 5
+    by_model: dict[str, set[str]] = {}
+    for p in GPU_RECIPES:
+        r = yaml.safe_load(p.read_text())
+        by_model.setdefault(r["model_name_or_path"], set()).add(p.stem)
+    assert set(by_model) == PAPER_MODELS
+    for model, names in by_model.items():
+        assert {"config_sup", "config_sup_lora", "config_unsup"} <= names, (model, names)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=_rel)
+def test_recipe_keys_are_known_fields(path):
+    from trl import ModelConfig
+
+    from grace_trl.commands.train import ScriptArguments
+    from grace_trl.config import GRACEConfig
+
+    known = {f.name for cls in (ScriptArguments, GRACEConfig, ModelConfig) for f in fields(cls)}
+    recipe = yaml.safe_load(path.read_text())
+    unknown = sorted(set(recipe) - known)
+    assert not unknown, f"{_rel(path)}: keys {unknown} are not fields of ScriptArguments/GRACEConfig/ModelConfig"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=_rel)
+def test_recipe_parses_with_trl_parser(path):
+    from grace_trl.commands.train import parse_args
+    from grace_trl.data import parse_column_mapping
+
+    recipe = yaml.safe_load(path.read_text())
+    extra = ["--use_cpu", "true"] if recipe.get("bf16") else []  # bf16 on a CPU-only box needs use_cpu to validate
+    script_args, training_args, model_args = parse_args(["--config", str(path), *extra])
+    assert model_args.model_name_or_path == recipe["model_name_or_path"]
+    assert training_args.mode == recipe["mode"]
+    mapping = parse_column_mapping(script_args.column_mapping)
+    if training_args.mode == "supervised":
+        assert {"query", "positive"} <= set(mapping) or not mapping
+    else:
+        assert set(mapping) <= {"text"}
+    # GRACE keeps every group of G rollouts on one process
+    per_process = training_args.per_device_train_batch_size * training_args.steps_per_generation
+    assert per_process % training_args.num_generations == 0
+    source = script_args.dataset_name
+    if source.endswith((".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")) or "/" not in source:
+        # local files are produced by a prepare-data line in the recipe (or are committed samples)
+        from grace_trl.data import SAMPLE_DATASETS
+
+        assert source in SAMPLE_DATASETS or any(
+            cmd[cmd.index("--output") + 1] == source for cmd in _comment_commands(path, "grace-trl prepare-data")
+        ), f"{_rel(path)}: local dataset {source} is neither a sample nor produced by a prepare-data line"
+    else:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+", source), f"{source!r} is not a Hub dataset id"
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=_rel)
+def test_gpu_recipe_has_paper_settings(path):
+    from grace_trl.commands.train import parse_args
+
+    _, t, m = parse_args(["--config", str(path), "--use_cpu", "true"])
+    assert t.num_generations == 8
+    assert (t.lambda_consistency, t.lambda_cross, t.tau, t.truncation_penalty) == (0.2, 0.2, 0.1, 1.0)
+    assert (t.beta, t.epsilon, t.scale_rewards, t.temperature, t.anchor_temperature) == (0.0, 0.2, "none", 1.0, 0.5)
+    assert t.lr_scheduler_type == "constant" or str(t.lr_scheduler_type).endswith("CONSTANT")
+    assert t.learning_rate == (1e-5 if m.use_peft else 1e-6)
+    assert t.bf16 and t.gradient_checkpointing
+    assert t.use_vllm and t.vllm_mode == "colocate"
+    assert t.max_completion_length == 256 and "2048" in path.read_text()
+    # 64 rows (groups of G) per optimizer step on the 8 GPUs of the launch line
+    assert t.per_device_train_batch_size * t.gradient_accumulation_steps * 8 // t.num_generations == 64
+    if m.use_peft:
+        assert m.lora_r > 0 and m.lora_target_modules
+    else:
+        assert m.dtype == "float32", "full fine-tuning at lr 1e-6 needs fp32 master weights"
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=_rel)
+def test_gpu_recipe_launch_line_matches_memory_plan(path):
+    from grace_trl.commands.prepare_data import build_parser as prepare_parser
+    from grace_trl.memory import Architecture, TrainingShape, load_model_config, plan, recommend
+
+    launches = _comment_commands(path, "accelerate launch")
+    assert len(launches) == 1, f"{_rel(path)} should document exactly one accelerate launch line"
+    cmd = launches[0]
+    acc = cmd[cmd.index("--config_file") + 1]
+    assert (REPO / acc).is_file(), f"{acc} does not exist"
+    assert cmd[cmd.index("--config") + 1] == _rel(path)
+    assert cmd[cmd.index("-m") + 1] == "grace_trl.commands.train"
+    for prep in _comment_commands(path, "grace-trl prepare-data"):
+        prepare_parser().parse_args(prep[2:])  # documented flags exist
+
+    recipe = yaml.safe_load(path.read_text())
+    with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):
+        config, _ = load_model_config(recipe["model_name_or_path"])
+    arch = Architecture.from_config(config, recipe["model_name_or_path"])
+    choice, _ = recommend(plan(arch, TrainingShape.from_recipe(recipe), num_gpus=8, gpu_memory_gib=80))
+    assert choice is not None and Path(acc).stem == choice.strategy, (acc, choice)
+
+
+def _launch_args(config: Path, num_processes: int):
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    parser = launch_command_parser()
+    args = parser.parse_args(["--config_file", str(config), "--num_processes", str(num_processes),
+                              "-m", "grace_trl.commands.train", "--config", "recipe.yaml"])
+    return _validate_launch_command(args)
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=_rel)
+def test_accelerate_config_loads_and_validates(path):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.utils import DistributedType
+
+    config = load_config_from_file(str(path))  # raises on unknown keys
+    assert isinstance(config, ClusterConfig)
+    assert config.mixed_precision == "bf16" and not config.use_cpu
+    args, defaults, _ = _launch_args(path, num_processes=3)
+    assert args.num_processes == 3, "--num_processes on the command line must override the file"
+    assert args.mixed_precision == "bf16"
+    if path.stem == "ddp":
+        assert config.distributed_type == DistributedType.MULTI_GPU and args.multi_gpu
+    else:
+        assert config.distributed_type == DistributedType.DEEPSPEED and args.use_deepspeed
+
+
+@pytest.mark.parametrize("path", [p for p in ACCELERATE_CONFIGS if p.stem != "ddp"], ids=_rel)
+def test_deepspeed_configs_reach_the_deepspeed_plugin(path):
+    """The launcher's environment, read back by accelerate's DeepSpeedPlugin, gives the intended ZeRO setup."""
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    args, defaults, mp_from_config = _launch_args(path, num_processes=4)
+    fields_ = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
+    args.deepspeed_fields_from_accelerate_config = ",".join(fields_)
+    _, env = prepare_deepspeed_cmd_env(args)
+    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("ACCELERATE")}):
+        plugin = DeepSpeedPlugin()
+    zero = plugin.deepspeed_config["zero_optimization"]
+    expected_stage = 2 if path.stem == "zero2" else 3
+    assert zero["stage"] == expected_stage
+    offload = "cpu" if "offload" in path.stem else "none"
+    assert zero["offload_optimizer"]["device"] == offload and zero["offload_param"]["device"] == offload
+    if expected_stage == 3:
+        assert plugin.zero3_init_flag and zero["stage3_gather_16bit_weights_on_model_save"]
+    if path.stem.startswith("multi_node"):
+        assert args.num_machines >= 2 and args.main_process_ip and args.main_process_port

@@ -1,0 +1,126 @@
+"""GRACETrainer on real TRL: group layout, anchors kept out of the loss, training, saving, resume."""
+
+import json
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+
+from grace_trl import GRACEConfig
+from grace_trl.config import GRACESettings
+from grace_trl.trainer import SAMPLES_FILE, GRACETrainer
+
+BRIEF = "Explain the text briefly: reasoning in <think></think> tags, then a one-sentence summary."
+
+
+def sup_rows(n=4):
+    return Dataset.from_dict({
+        "query": [f"query number {i} about cats" for i in range(n)],
+        "positive": [f"positive document {i} : a cat sleeps on the sofa" for i in range(n)],
+        "negatives": [[f"negative {i} : the stock market fell"] for i in range(n)],
+    })
+
+
+EOS = 2  # SmolLM2's <|im_end|>
+# A random tiny model almost never ends a rationale; a bias on EOS while sampling gives a mix of
+# finished and truncated rollouts, so rewards (and advantages) differ within a group.
+EOS_BIAS = {"sequence_bias": {(EOS,): 9.0}}
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", seed=0,
+                num_generations=2, per_device_train_batch_size=4, max_completion_length=8, max_steps=2,
+                learning_rate=1e-3, logging_steps=1, save_strategy="no", num_sample_rationales=1)
+    base.update(kw)
+    return GRACEConfig(**base)
+
+
+def test_group_layout_and_anchors_outside_the_loss(tmp_path, tiny_model_path):
+    seen = {}
+
+    def spy_reward(prompts, completions, grace_embeddings, **kwargs):
+        seen["batch"] = grace_embeddings[0]
+        seen["prompts"] = prompts
+        return [0.0] * len(prompts)
+
+    trainer = GRACETrainer(tiny_model_path, reward_funcs=["grace", spy_reward], args=config(tmp_path),
+                           train_dataset=sup_rows())
+    rows = next(iter(trainer.get_train_dataloader()))
+    out = trainer._generate_and_score_completions(rows)
+    tok = trainer.grace_tokenizer
+    # only the 2 groups x G=2 policy rollouts are in the loss batch; groups are contiguous
+    assert out["prompt_ids"].shape[0] == 4
+    prompts = [tok.decode(ids[m.bool()]) for ids, m in zip(out["prompt_ids"], out["prompt_mask"])]
+    assert prompts[0] == prompts[1] and prompts[2] == prompts[3] and prompts[0] != prompts[2]
+    assert all("positive document" in p and "query number" not in p for p in prompts)
+    # anchors: one query + one negative per group, generated but never part of the loss batch
+    texts = trainer._last_anchor_texts
+    assert len(texts) == 4 and texts[0].startswith("query") and texts[1].startswith("negative")
+    batch = seen["batch"]
+    assert batch.policy.shape[0] == 4 and batch.anchors.shape[0] == 2 and batch.negatives.shape[:2] == (2, 1)
+    assert torch.allclose(batch.policy.norm(dim=-1), torch.ones(4), atol=1e-5)
+    # GRPO advantages: group-mean baseline, no std scaling -> they sum to zero within each group
+    adv = out["advantages"].view(2, 2)
+    assert torch.allclose(adv.sum(1), torch.zeros(2), atol=1e-5)
+
+
+def test_invalid_layout_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="num_generations"):
+        config(tmp_path, num_generations=4, per_device_train_batch_size=2)
+    with pytest.raises(ValueError, match="reward_variant"):
+        config(tmp_path, reward_variant="other")
+
+
+def test_bad_dataset_fails_before_training(tmp_path, tiny_model_path):
+    bad = Dataset.from_dict({"query": ["q", "q"], "positive": ["p", ""], "negatives": [["n"], ["n"]]})
+    with pytest.raises(ValueError, match="row 1, field 'positive'"):
+        GRACETrainer(tiny_model_path, args=config(tmp_path), train_dataset=bad)
+
+
+def test_unsupervised_train_save_and_resume(tmp_path, tiny_model_path):
+    data = Dataset.from_dict({"text": [f"sentence {i} about the weather" for i in range(8)]})
+    args = config(tmp_path, mode="unsupervised", max_steps=2, save_strategy="steps", save_steps=1,
+                  generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=data)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "weights did not change"
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all(torch.isfinite(torch.tensor(float(h["loss"]))) for h in logs)
+    assert "grace/pos_sim" in logs[0] and "grace/truncation_rate" in logs[0]
+    ckpt = os.path.join(args.output_dir, "checkpoint-1")
+    settings = GRACESettings.load(ckpt)
+    assert settings is not None and settings.mode == "unsupervised" and settings.max_new_tokens == 8
+    samples = [json.loads(line) for line in open(os.path.join(args.output_dir, SAMPLES_FILE))]
+    assert samples and {"text", "rationale", "reward", "anchor_rationale"} <= set(samples[0])
+
+    # an interrupted run resumes from checkpoint-1 and finishes the remaining step
+    args2 = config(tmp_path, mode="unsupervised", max_steps=2, save_strategy="steps", save_steps=1,
+                   generation_kwargs=EOS_BIAS)
+    resumed = GRACETrainer(tiny_model_path, args=args2, train_dataset=data)
+    resumed.train(resume_from_checkpoint=ckpt)
+    assert resumed.state.global_step == 2
+    assert len([h for h in resumed.state.log_history if "loss" in h]) == 2  # step 1 restored + step 2 run
+
+
+@pytest.mark.slow
+def test_two_steps_on_real_smollm2(tmp_path, smollm2_path):
+    from grace_trl.data import load_grace_dataset
+
+    data = load_grace_dataset("sample-nli", limit=4)
+    args = config(tmp_path, system_prompt=BRIEF, max_completion_length=24, learning_rate=1e-5,
+                  save_strategy="no")
+    trainer = GRACETrainer("smollm2-135m", args=args, train_dataset=data)
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert torch.isfinite(torch.tensor(float(h["loss"])))
+        assert -1.0 <= float(h["grace/truncation_rate"]) <= 1.0
+    assert any("grace/pos_sim" in h for h in logs)
+    settings = GRACESettings.load(args.output_dir)
+    assert settings.system_prompt == BRIEF and settings.pooling == "mean"
+    assert os.path.isfile(os.path.join(args.output_dir, "model.safetensors"))
