@@ -55,7 +55,7 @@ def test_table_parameter_counts_match_transformers(name):
 ])
 def test_formula_handles_biases_untied_heads_and_head_dim(extra):
     cfg = dict(num_hidden_layers=3, hidden_size=64, intermediate_size=96, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True, **{})
+               num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True)
     cfg.update(extra)
     assert Architecture.from_config(cfg).num_parameters() == _meta_model(cfg).num_parameters()
 

@@ -14,7 +14,17 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+TRAIN_ENTRY_POINTS = ("grace-trl train", "grace_trl.commands.train")
+
+
+def _is_grace_recipe(path: Path) -> bool:
+    """Recipes for the GRACE trainer say so in their comments (baseline recipes name their own module)."""
+    comments = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    return any(entry in comments for entry in TRAIN_ENTRY_POINTS)
+
+
+ALL_YAML = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+RECIPES = [p for p in ALL_YAML if _is_grace_recipe(p)]
 GPU_RECIPES = [p for p in RECIPES if (yaml.safe_load(p.read_text()) or {}).get("bf16")]
 ACCELERATE_CONFIGS = sorted((REPO / "recipes" / "accelerate_configs").glob("*.yaml"))
 PAPER_MODELS = {
@@ -32,6 +42,13 @@ def _comment_commands(path: Path, program: str) -> list[list[str]]:
     lines = [line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")]
     joined = re.sub(r"\\\s*\n\s*", " ", "\n".join(lines))
     return [shlex.split(line) for line in joined.splitlines() if line.startswith(program)]
+
+
+def test_every_recipe_names_its_entry_point():
+    for p in ALL_YAML:
+        comments = "\n".join(line for line in p.read_text().splitlines() if line.startswith("#"))
+        assert _is_grace_recipe(p) or "python -m grace_trl." in comments, f"{_rel(p)} names no command to run it"
+    assert len(RECIPES) >= 13
 
 
 def test_recipes_exist_for_every_paper_backbone():
@@ -165,6 +182,8 @@ def test_deepspeed_configs_reach_the_deepspeed_plugin(path):
     from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
     args, defaults, mp_from_config = _launch_args(path, num_processes=4)
+    assert args.main_process_port in (None, 29500)
+    args.main_process_port = 0  # a free port: 29500 may be busy on a shared test machine
     fields_ = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
     args.deepspeed_fields_from_accelerate_config = ",".join(fields_)
     _, env = prepare_deepspeed_cmd_env(args)
@@ -179,4 +198,4 @@ def test_deepspeed_configs_reach_the_deepspeed_plugin(path):
     if expected_stage == 3:
         assert plugin.zero3_init_flag and zero["stage3_gather_16bit_weights_on_model_save"]
     if path.stem.startswith("multi_node"):
-        assert args.num_machines >= 2 and args.main_process_ip and args.main_process_port
+        assert args.num_machines >= 2 and args.main_process_ip and defaults.main_process_port == 29500

@@ -110,8 +110,8 @@ def test_two_steps_on_real_smollm2(tmp_path, smollm2_path):
     from grace_trl.data import load_grace_dataset
 
     data = load_grace_dataset("sample-nli", limit=4)
-    args = config(tmp_path, system_prompt=BRIEF, max_completion_length=24, learning_rate=1e-5,
-                  save_strategy="no")
+    args = config(tmp_path, system_prompt=BRIEF, max_completion_length=16, learning_rate=1e-5,
+                  per_device_train_batch_size=2, save_strategy="no")
     trainer = GRACETrainer("smollm2-135m", args=args, train_dataset=data)
     trainer.train()
     trainer.save_model(args.output_dir)
