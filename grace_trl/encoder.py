@@ -185,6 +185,7 @@ class GRACEEncoder:
         self.cache = RationaleCache(cache_dir) if cache_dir is not None else None
         self._fingerprint: str | None = None
         self._prompt_encoders: dict = {}
+        self.cache_flush_every = 64  # prompts generated between cache writes
         self.model.eval()
 
     # ------------------------------------------------------------------ loading
@@ -227,7 +228,9 @@ class GRACEEncoder:
                 raise ImportError("backend='vllm' needs the vllm package (GPU): pip install vllm") from err
             from .vllm_backend import VLLMRationaleGenerator
 
-            generator = VLLMRationaleGenerator(path, **(backend_kwargs or {}))
+            # the HF copy used for pooling shares the GPU, so vLLM must not claim 90% of it
+            kwargs = {"gpu_memory_utilization": 0.5, **(backend_kwargs or {})}
+            generator = VLLMRationaleGenerator(path, **kwargs)
         else:
             raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
         return cls(model, tokenizer, settings, name_or_path=name_or_path, generator=generator,
@@ -300,19 +303,24 @@ class GRACEEncoder:
                 torch.manual_seed(seed)
             if hasattr(self.generator, "show_progress_bar"):
                 self.generator.show_progress_bar = show_progress_bar
-            reps = list(unique.values())
-            generated = self.generator.generate([prompts[i] for i in reps], max_new_tokens, temperature)
-            if len(generated) != len(reps):
-                raise RuntimeError(f"generator returned {len(generated)} completions for {len(reps)} prompts")
             eos = eos_token_ids(self.model, self.tokenizer)
+            # Longest prompts first, generated in chunks whose results are cached as soon as they
+            # exist: an interrupted run keeps everything finished so far.
+            reps = sorted(unique.values(), key=lambda i: -len(prompts[i]))
+            chunk = max(1, int(self.cache_flush_every)) if use_cache else len(reps)
             by_prompt = {}
-            for i, ids in zip(reps, generated):
-                ids, truncated = split_at_eos(ids, eos)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                by_prompt[tuple(prompts[i])] = (ids, text, truncated)
-                if use_cache:
-                    self.cache.put(keys[i], CachedRationale(ids, text, truncated),
-                                   meta={"model": str(self.name_or_path), "max_new_tokens": max_new_tokens})
+            for c in range(0, len(reps), chunk):
+                part = reps[c : c + chunk]
+                generated = self.generator.generate([prompts[i] for i in part], max_new_tokens, temperature)
+                if len(generated) != len(part):
+                    raise RuntimeError(f"generator returned {len(generated)} completions for {len(part)} prompts")
+                for i, ids in zip(part, generated):
+                    ids, truncated = split_at_eos(ids, eos)
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    by_prompt[tuple(prompts[i])] = (ids, text, truncated)
+                    if use_cache:
+                        self.cache.put(keys[i], CachedRationale(ids, text, truncated),
+                                       meta={"model": str(self.name_or_path), "max_new_tokens": max_new_tokens})
             for i in todo:
                 ids, text, truncated = by_prompt[tuple(prompts[i])]
                 results[i] = Rationale(text, ids, truncated)

@@ -17,12 +17,20 @@ pytest.importorskip("deepspeed")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _launch(config: str, model: str, out: Path, extra=()):
     env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes" / "accelerate_configs" / config), "--num_processes", "2",
-           "--mixed_precision", "no", "-m", "grace_trl.commands.train",
+           "--main_process_port", str(_free_port()), "--mixed_precision", "no", "-m", "grace_trl.commands.train",
            "--model_name_or_path", model, "--dataset_name", "sample-nli", "--max_train_samples", "8",
            "--num_generations", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "8",
            "--max_steps", "2", "--use_cpu", "true", "--bf16", "false", "--output_dir", str(out),

@@ -165,3 +165,27 @@ def test_real_smollm2_encodes_with_rationales():
         assert r.truncated == (enc.tokenizer.eos_token_id not in r.token_ids)
     sims = vecs @ vecs.T
     assert sims[0, 1] > sims[0, 2]  # paraphrase closer than an unrelated sentence
+
+
+def test_interrupted_generation_keeps_finished_chunks(tiny_model_path, tmp_path):
+    enc = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu", cache_dir=tmp_path / "c")
+    enc.cache_flush_every = 1
+    original = enc.generator.generate
+    calls = []
+
+    def failing_second_time(prompts, max_new_tokens, temperature=0.0):
+        calls.append(len(prompts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(prompts, max_new_tokens, temperature)
+
+    enc.generator.generate = failing_second_time
+    with pytest.raises(KeyboardInterrupt):
+        enc.encode(TEXTS[:3], max_new_tokens=4, show_progress_bar=False)
+    assert len(enc.cache) == 1  # the chunk finished before the interruption is kept, nothing half-written
+    assert not list((tmp_path / "c").rglob("*.tmp"))
+    enc.generator.generate = original
+    a = enc.encode(TEXTS[:3], max_new_tokens=4, show_progress_bar=False)
+    assert enc.cache.hits >= 1 and len(enc.cache) == 3
+    fresh = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu")
+    np.testing.assert_allclose(a, fresh.encode(TEXTS[:3], max_new_tokens=4, show_progress_bar=False), atol=1e-5)

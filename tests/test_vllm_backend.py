@@ -150,7 +150,8 @@ def test_colocate_anchor_generation_follows_policy_weights(colocate_trainer, pro
     model = trainer.model
     model.eval()
     eos = tokenizer.eos_token_id
-    n_tok = 16
+    n_tok = 12
+    prompts = prompts[:2]
     rollout_settings = (trainer.vllm_generation.temperature, trainer.vllm_generation.max_completion_length)
 
     before = generate_anchor_ids_vllm(trainer, prompts, temperature=0.0, max_tokens=n_tok)

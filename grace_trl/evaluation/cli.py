@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="Rationale cache (default OUTPUT_DIR/rationale_cache).")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is much faster on a CPU shared with other jobs).")
     p.add_argument("--generation-check", action="store_true",
                    help="Also report perplexity on held-out text and greedy answers for each causal LM.")
     p.add_argument("--samples", type=int, default=5, help="STS sample pairs with rationales in the HTML report.")
@@ -122,6 +124,10 @@ def run_evaluation(args) -> dict:
     from ..encoder import GRACEEncoder
     from .mteb_wrapper import GRACEMTEBEncoder
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     task_names = canonical_tasks(args.tasks)
     runs = plan_runs(args.model, args.no_rationale, args.with_and_without_rationale)
     out = Path(args.output_dir)

@@ -1,0 +1,127 @@
+"""Cost of GRACE's embedding reward relative to the same GRPO step without it.
+
+Three variants, each in a fresh process (so peak RSS is per variant), same model, data, seed,
+group size and rationale length, learning rate 0 so every variant samples identical rollouts:
+
+* ``grace``        – the full GRACE step (anchors + pooled embeddings + contrastive reward)
+* ``const_hook``   – GRACE with ``compute_embeddings`` replaced by constant vectors (anchors are still
+                     generated): the ratio grace/const_hook is the embedding hook's overhead
+* ``grpo_const``   – plain ``trl.GRPOTrainer`` with a constant reward (no anchors, no embeddings):
+                     the ratio grace/grpo_const is GRACE's whole overhead over GRPO
+
+Usage: python benchmarks/bench_grace_step.py [--steps 4] [--warmup 1] [--model smollm2-135m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _run(variant: str, args: dict, queue) -> None:
+    import torch
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from grace_trl import GRACEConfig
+    from grace_trl.data import add_prompts, load_grace_dataset
+    from grace_trl.models import resolve_model_name
+    from grace_trl.trainer import GRACETrainer
+
+    torch.manual_seed(0)
+    model = resolve_model_name(args["model"])
+    common = dict(output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False, report_to="none", seed=0,
+                  num_generations=args["G"], per_device_train_batch_size=args["G"] * args["groups"],
+                  max_completion_length=args["max_len"], max_steps=args["warmup"] + args["steps"],
+                  learning_rate=0.0, logging_steps=1, save_strategy="no", beta=0.0, scale_rewards="none",
+                  loss_type="grpo", temperature=1.0)
+    data = load_grace_dataset("sample-nli", limit=200)
+    prompt = args["system_prompt"]
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times, self._t = [], 0.0
+
+        def on_step_begin(self, *a, **k):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.times.append(time.perf_counter() - self._t)
+
+    timer = Timer()
+    if variant == "grpo_const":
+        cfg = GRPOConfig(**common)
+
+        def constant_reward(completions, **kw):
+            return [0.0] * len(completions)
+
+        trainer = GRPOTrainer(model, reward_funcs=constant_reward, args=cfg,
+                              train_dataset=add_prompts(data, "supervised", prompt), callbacks=[timer])
+    else:
+        cfg = GRACEConfig(**common, system_prompt=prompt, reward_variant="effective")
+        cls = GRACETrainer
+        if variant == "const_hook":
+            class ConstantHook(GRACETrainer):
+                def compute_embeddings(self, model, sequences, spans):
+                    d = model.config.hidden_size
+                    return torch.nn.functional.normalize(torch.ones(len(sequences), d), dim=-1)
+
+            cls = ConstantHook
+        trainer = cls(model, args=cfg, train_dataset=data, callbacks=[timer])
+    trainer.train()
+    steps = timer.times[args["warmup"]:]
+    queue.put({"variant": variant, "step_s": steps, "mean_step_s": statistics.mean(steps),
+               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--G", type=int, default=4)
+    p.add_argument("--groups", type=int, default=2)
+    p.add_argument("--max-len", dest="max_len", type=int, default=48)
+    p.add_argument("--system-prompt", default="Explain the text briefly: reasoning in <think></think> tags, "
+                                              "then a one-sentence summary.")
+    p.add_argument("--json", help="also write the figures to this file")
+    a = vars(p.parse_args(argv))
+    ctx = mp.get_context("spawn")
+    results = {}
+    for variant in ("grace", "const_hook", "grpo_const"):
+        q = ctx.Queue()
+        proc = ctx.Process(target=_run, args=(variant, a, q))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0 or q.empty():
+            raise RuntimeError(f"benchmark variant {variant!r} failed (exit code {proc.exitcode}); see the error above")
+        results[variant] = q.get()
+        print(f"{variant:<11} mean step {results[variant]['mean_step_s']:.2f} s  "
+              f"steps {[round(s, 2) for s in results[variant]['step_s']]}  peak RSS "
+              f"{results[variant]['peak_rss_mib']:.0f} MiB", flush=True)
+    g, h, b = (results[k]["mean_step_s"] for k in ("grace", "const_hook", "grpo_const"))
+    print()
+    print("| variant | mean step (s) | peak RSS (MiB) |")
+    print("|---|---|---|")
+    for k, v in results.items():
+        print(f"| {k} | {v['mean_step_s']:.2f} | {v['peak_rss_mib']:.0f} |")
+    print(f"\nembedding-hook overhead  grace / const_hook = {g / h:.3f}  (target <= 1.10)")
+    print(f"total GRACE overhead     grace / grpo_const = {g / b:.3f}  (includes anchor generation)")
+    if a["json"]:
+        with open(a["json"], "w") as f:
+            json.dump({"config": a, "results": results, "hook_ratio": g / h, "total_ratio": g / b}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""``grace-trl prepare-model <alias>``: dequantize an embedded model into the local cache once."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..models import MODEL_ALIASES, prepare_alias
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="grace-trl prepare-model", description=__doc__)
+    parser.add_argument("alias", choices=sorted(MODEL_ALIASES))
+    parser.add_argument("--force", action="store_true", help="rebuild even if the checkpoint exists")
+    args = parser.parse_args(argv)
+    print(prepare_alias(args.alias, force=args.force))
+    return 0
