@@ -14,6 +14,7 @@ for GPU users (pooling still runs the HF model, because vLLM does not expose hid
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -222,10 +223,8 @@ class GRACEEncoder:
         if backend == "hf":
             generator = HFRationaleGenerator(model, tokenizer, batch_size=generation_batch_size)
         elif backend == "vllm":
-            try:
-                import vllm  # noqa: F401
-            except ImportError as err:
-                raise ImportError("backend='vllm' needs the vllm package (GPU): pip install vllm") from err
+            if importlib.util.find_spec("vllm") is None:
+                raise ImportError("backend='vllm' needs the vllm package (GPU): pip install vllm")
             from .vllm_backend import VLLMRationaleGenerator
 
             # the HF copy used for pooling shares the GPU, so vLLM must not claim 90% of it

@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support.vllm_cpu import apply_cpu_vllm_env, trl_colocate_llm_overrides  # noqa: E402
 
-apply_cpu_vllm_env()  # before vllm is imported anywhere: its CPU settings are read at engine start
 pytest.importorskip("vllm", reason="vllm is not installed in this environment (build it with scripts/setup_vllm_env.sh)")
+apply_cpu_vllm_env()  # before any engine starts: vLLM reads its CPU settings at engine start-up
 
 import torch  # noqa: E402
 

@@ -11,6 +11,9 @@ from .tasks import (  # noqa: F401
     load_sts_benchmark,
 )
 
+__all__ = ["LOCAL_TASKS", "LocalBanking77Classification", "LocalSciFact", "LocalSTSBenchmark", "get_local_task",
+           "load_banking77", "load_scifact", "load_sts_benchmark", "GRACEMTEBEncoder"]
+
 
 def __getattr__(name):  # the wrapper imports torch/transformers; load it on first use
     if name == "GRACEMTEBEncoder":
