@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -61,8 +62,16 @@ class GRACETrainer(GRPOTrainer):
         train_dataset = self._prepare_dataset(train_dataset, args, "train_dataset")
         if eval_dataset is not None:
             eval_dataset = self._prepare_dataset(eval_dataset, args, "eval_dataset")
-        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        build_ctx = nullcontext()
+        if args.use_vllm and args.vllm_mode == "colocate":
+            # On CPU, vLLM repacks linear weights after loading and TRL's weight sync cannot reach them;
+            # the patch keeps the engine computing from live weights (no-op on GPU).
+            from .vllm_backend import cpu_weight_sync_patch
+
+            build_ctx = cpu_weight_sync_patch()
+        with build_ctx:
+            super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         if self.is_deepspeed_enabled and not args.ds3_gather_for_generation:
             ds_stage = self.accelerator.state.deepspeed_plugin.zero_stage
             if ds_stage == 3:
