@@ -25,7 +25,7 @@ import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see grace_trl/cli.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see grace_trl/__init__.py
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# On a busy CPU, OpenMP threads that spin while waiting slow generation down by an order of
+# magnitude (measured: 8x64 tokens on SmolLM2 took 257 s instead of 10 s next to one other busy
+# process). Takes effect only if torch is not imported yet; an explicit user setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .config import GRACEConfig, GRACESettings  # noqa: E402
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_messages  # noqa: E402
 

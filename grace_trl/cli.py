@@ -6,10 +6,7 @@ import importlib
 import os
 import sys
 
-# On a busy CPU, OpenMP threads that spin while waiting slow generation down by an order of
-# magnitude (measured: 8x64 tokens on SmolLM2 took 257 s instead of 10 s next to one other busy
-# process). Must be set before torch loads its OpenMP runtime; an explicit user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY is set in grace_trl/__init__.py, before torch is imported.
 
 COMMANDS = {
     "train": ("grace_trl.commands.train", "Train with GRACE (TrlParser: --config recipe.yaml plus overrides)."),
