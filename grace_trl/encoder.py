@@ -160,6 +160,23 @@ def _load_causal_lm(path: str, dtype, device):
     return model.to(device)
 
 
+def _hub_settings(repo_id: str) -> GRACESettings | None:
+    """``grace_config.json`` of a Hub model (None when the repo has none); uses the local HF cache offline."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    from .config import SETTINGS_FILE
+
+    try:
+        path = hf_hub_download(repo_id, SETTINGS_FILE)
+    except (EntryNotFoundError, RepositoryNotFoundError):
+        return None
+    except LocalEntryNotFoundError:
+        # offline and not cached: the weights will fail to load the same way, with a clearer message
+        return None
+    return GRACESettings.load(os.path.dirname(path))
+
+
 class GRACEEncoder:
     """Rationale-conditioned text encoder for GRACE checkpoints and plain causal LMs."""
 
@@ -217,14 +234,14 @@ class GRACEEncoder:
         elif isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         if settings is None:
-            settings = GRACESettings.load(path) if os.path.isdir(path) else None
+            settings = GRACESettings.load(path) if os.path.isdir(path) else _hub_settings(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = _load_causal_lm(path, dtype, device)
         if backend == "hf":
             generator = HFRationaleGenerator(model, tokenizer, batch_size=generation_batch_size)
         elif backend == "vllm":
             if importlib.util.find_spec("vllm") is None:
-                raise ImportError("backend='vllm' needs the vllm package (GPU): pip install vllm")
+                raise ImportError("backend='vllm' needs the vllm package: pip install vllm on GPU, or scripts/setup_vllm_env.sh for the CPU build (see docs/vllm.md)")
             from .vllm_backend import VLLMRationaleGenerator
 
             # the HF copy used for pooling shares the GPU, so vLLM must not claim 90% of it
