@@ -88,13 +88,15 @@ def random_batch(B=3, G=4, d=16, n_neg=2, seed=0):
         truncated=torch.zeros(B * G, dtype=torch.bool), completion_lengths=torch.ones(B * G), num_generations=G)
 
 
+def without_negatives(batch):
+    return RolloutEmbeddings(policy=batch.policy, anchors=batch.anchors, negatives=None, truncated=batch.truncated,
+                             completion_lengths=batch.completion_lengths, num_generations=batch.num_generations)
+
+
 def test_paper_variant_negative_and_cross_terms_cancel_in_advantages():
     batch = random_batch()
     full = grace_reward_components(batch, variant="paper")["reward"]
-    stripped = RolloutEmbeddings(policy=batch.policy, anchors=batch.anchors, negatives=None,
-                                 truncated=batch.truncated, completion_lengths=batch.completion_lengths,
-                                 num_generations=4)
-    plain = grace_reward_components(stripped, variant="paper", lambda_cross=0.0)["reward"]
+    plain = grace_reward_components(without_negatives(batch), variant="paper", lambda_cross=0.0)["reward"]
     assert not torch.allclose(full, plain)  # the rewards differ ...
     assert torch.allclose(advantages(full, 4), advantages(plain, 4), atol=1e-6)  # ... the advantages do not
 
@@ -102,10 +104,7 @@ def test_paper_variant_negative_and_cross_terms_cancel_in_advantages():
 def test_effective_variant_terms_do_not_cancel():
     batch = random_batch()
     full = grace_reward_components(batch, variant="effective")["reward"]
-    stripped = RolloutEmbeddings(policy=batch.policy, anchors=batch.anchors, negatives=None,
-                                 truncated=batch.truncated, completion_lengths=batch.completion_lengths,
-                                 num_generations=4)
-    plain = grace_reward_components(stripped, variant="effective", lambda_cross=0.0)["reward"]
+    plain = grace_reward_components(without_negatives(batch), variant="effective", lambda_cross=0.0)["reward"]
     assert (advantages(full, 4) - advantages(plain, 4)).abs().max() > 1e-2
 
 
