@@ -114,7 +114,12 @@ class GRACETrainer(GRPOTrainer):
         pad = self.grace_tokenizer.pad_token_id
         if pad is None:
             pad = self._grace_eos_ids[0]
-        return embed_token_sequences(model, sequences, spans, pad, batch_size=self.args.embedding_batch_size)
+        # Prefix sharing makes two forward calls per batch; under ZeRO-3 without gathered parameters every
+        # forward is a collective, so keep the call count independent of the data there.
+        zero3_ungathered = (self.is_deepspeed_enabled and not self.args.ds3_gather_for_generation
+                            and self.accelerator.state.deepspeed_plugin.zero_stage == 3)
+        return embed_token_sequences(model, sequences, spans, pad, batch_size=self.args.embedding_batch_size,
+                                     share_prefix=not zero3_ungathered)
 
     def _generate_anchor_completions(self, model, prompt_ids: list[list[int]]) -> list[list[int]]:
         """One rationale per anchor prompt at ``anchor_temperature`` (HF generate)."""

@@ -131,3 +131,38 @@ def test_generation_check_on_tiny_model(tiny_model_path):
     # a random model is close to uniform over the vocabulary
     assert res["perplexity"] > 1000
     assert len(res["answers"]) == 5
+
+
+def test_eval_cli_system_prompt_override(tiny_model_path, shared_data, tmp_path):
+    """One prompt for every causal LM: literal and from-checkpoint forms agree and are recorded."""
+    from grace_trl.config import GRACESettings
+    from grace_trl.evaluation.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    GRACESettings(system_prompt="Summarise the text in one line.").save(str(ckpt))
+    common = ["--model", f"tiny={tiny_model_path}", "--no-rationale", "--tasks", "STSBenchmark", "--limit", "8",
+              "--data-dir", str(shared_data), "--no-html", "--samples", "0"]
+    scores = {}
+    for name, extra in {"literal": ["--system-prompt", "Summarise the text in one line."],
+                        "from": ["--system-prompt-from", str(ckpt)],
+                        "own": []}.items():
+        assert main(common + extra + ["--output-dir", str(tmp_path / name)]) == 0
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        scores[name] = results["tasks"][0]["scores"]["tiny"]
+        if name != "own":
+            assert results["system_prompt_override"] == "Summarise the text in one line."
+            assert results["models"][0]["settings"]["system_prompt"] == "override"
+            assert "(override)" in (tmp_path / name / "results.md").read_text()
+            assert any("system_prompt_" in str(f) for f in (tmp_path / name / "mteb").rglob("STSBenchmark.json"))
+        else:
+            assert results["system_prompt_override"] is None
+    assert scores["literal"] == pytest.approx(scores["from"], abs=1e-9)
+    # the prompt precedes the pooled content, so a different prompt gives different embeddings
+    assert scores["literal"] != pytest.approx(scores["own"], abs=1e-9)
+
+
+def test_eval_cli_system_prompt_from_needs_a_grace_checkpoint(tmp_path, capsys):
+    from grace_trl.evaluation.cli import main
+
+    assert main(["--model", "x", "--system-prompt-from", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "no grace_config.json" in capsys.readouterr().err

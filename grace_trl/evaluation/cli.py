@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import logging
 import os
 import sys
@@ -93,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-and-without-rationale", action="store_true",
                    help="Evaluate every causal LM twice: without and with its rationale.")
     p.add_argument("--max-new-tokens", type=int, default=None, help="Rationale length (default: checkpoint setting).")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--system-prompt", default=None,
+                        help="System prompt for every causal LM instead of each checkpoint's own (use '' for none). "
+                             "Compare a base model and a GRACE checkpoint under one prompt.")
+    prompt.add_argument("--system-prompt-from", default=None, metavar="CHECKPOINT",
+                        help="Use the system prompt saved in this checkpoint's grace_config.json for every causal LM.")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--scifact-distractors", type=int, default=None, help="Distractor docs in a reduced SciFact (2×limit).")
     p.add_argument("--n-experiments", type=int, default=None, help="Banking77 classifier repeats (mteb: 10; 1 with --limit).")
@@ -112,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_system_prompt(args) -> tuple[bool, str | None]:
+    """(override?, prompt) from --system-prompt / --system-prompt-from."""
+    if args.system_prompt is not None:
+        return True, args.system_prompt or None
+    if args.system_prompt_from is not None:
+        from ..config import GRACESettings
+
+        settings = GRACESettings.load(args.system_prompt_from) if os.path.isdir(args.system_prompt_from) else None
+        if settings is None:
+            raise ValueError(f"--system-prompt-from {args.system_prompt_from!r}: no grace_config.json in that folder "
+                             "(expected a checkpoint written by GRACETrainer)")
+        return True, settings.system_prompt
+    return False, None
+
+
 def _task_kwargs(args) -> dict:
     return {"data_dir": args.data_dir, "limit": args.limit, "seed": args.seed,
             "n_distractors": args.scifact_distractors, "n_experiments": args.n_experiments,
@@ -129,6 +151,7 @@ def run_evaluation(args) -> dict:
 
         torch.set_num_threads(args.threads)
     task_names = canonical_tasks(args.tasks)
+    override_prompt, system_prompt = resolve_system_prompt(args)
     runs = plan_runs(args.model, args.no_rationale, args.with_and_without_rationale)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,11 +179,16 @@ def run_evaluation(args) -> dict:
                 loaded[run.path] = GRACEEncoder.from_pretrained(run.path, device=args.device, backend=args.backend,
                                                                 cache_dir=cache_dir)
             encoder = loaded[run.path]
+            if override_prompt:
+                encoder.settings.system_prompt = system_prompt  # part of the cache key via the prompt ids
             experiment = {"limit": args.limit} if args.limit else {}
+            if override_prompt:  # keeps mteb's result folders apart from runs with the checkpoint's prompt
+                experiment["system_prompt"] = hashlib.sha256((system_prompt or "").encode()).hexdigest()[:10]
             evaluated = GRACEMTEBEncoder(encoder, use_rationale=run.use_rationale, max_new_tokens=args.max_new_tokens,
                                          name=run.path, experiment_kwargs=experiment)
             run.settings.update({"rationale": run.use_rationale, "pooling": encoder.settings.pooling,
-                                 "system_prompt": "checkpoint" if encoder.settings.system_prompt else None})
+                                 "system_prompt": ("override" if override_prompt else "checkpoint")
+                                 if encoder.settings.system_prompt else None})
             if run.use_rationale:
                 run.settings["max_new_tokens"] = evaluated.max_new_tokens
         result = mteb.evaluate(evaluated, task_objs, cache=result_cache, overwrite_strategy="always",
@@ -182,6 +210,7 @@ def run_evaluation(args) -> dict:
         "tasks": [tasks_info[n] for n in task_names],
         "limit": args.limit,
         "seed": args.seed,
+        "system_prompt_override": system_prompt if override_prompt else None,
         "leaderboard_comparable": args.limit is None,
         "samples": samples,
         "generation_check": generation,
@@ -231,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         canonical_tasks(args.tasks)
         plan_runs(args.model, args.no_rationale, args.with_and_without_rationale)
+        resolve_system_prompt(args)
     except ValueError as err:
         print(f"grace-trl eval: {err}", file=sys.stderr)
         return 2

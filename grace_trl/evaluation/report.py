@@ -65,6 +65,9 @@ def markdown_tables(results: dict) -> str:
         for t in reduced:
             lines.append(f"- {t['name']}: " + ", ".join(f"{k}={v}" for k, v in t["reduction"].items()))
     lines += ["", "Models:"]
+    if results.get("system_prompt_override") is not None or any(
+            m["settings"].get("system_prompt") == "override" for m in results["models"]):
+        lines.append(f"- system prompt for every causal LM (override): {results.get('system_prompt_override')!r}")
     for m in results["models"]:
         lines.append(f"- **{m['label']}**: `{m['path']}` " + ", ".join(f"{k}={v}" for k, v in m["settings"].items()))
     gen = results.get("generation_check")
