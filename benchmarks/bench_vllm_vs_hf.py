@@ -101,13 +101,15 @@ def bench_encode(model, backend, texts, max_new_tokens, batch_size, dtype):
     """Texts/s of ``GRACEEncoder.encode`` with rationales (no cache); returns (texts, seconds, tokens)."""
     from grace_trl.encoder import GRACEEncoder
 
-    kwargs = {"backend_kwargs": {"dtype": dtype, "max_model_len": 1024}} if backend == "vllm" else {}
-    enc = GRACEEncoder.from_pretrained(model, backend=backend, generation_batch_size=batch_size, **kwargs)
-    enc.encode(texts[:2], max_new_tokens=8, show_progress_bar=False)  # warm-up
+    kwargs = {"backend_kwargs": {"dtype": str(dtype).replace("torch.", ""), "max_model_len": 1024}} if backend == "vllm" else {}
+    # same dtype for both: generation and pooling both run in it
+    enc = GRACEEncoder.from_pretrained(model, backend=backend, generation_batch_size=batch_size, dtype=dtype, **kwargs)
+    enc.encode(texts[:2], batch_size=batch_size, max_new_tokens=8, show_progress_bar=False)  # warm-up
     t0 = time.perf_counter()
-    _, rationales = enc.encode(texts, max_new_tokens=max_new_tokens, return_rationales=True, show_progress_bar=True)
+    _, rationales = enc.encode(texts, batch_size=batch_size, max_new_tokens=max_new_tokens, return_rationales=True,
+                               show_progress_bar=True)
     elapsed = time.perf_counter() - t0
-    tokens = sum(len(enc.tokenizer(r, add_special_tokens=False).input_ids) for r in rationales)
+    tokens = sum(len(r.token_ids) for r in rationales)
     if hasattr(enc.generator, "close"):
         enc.generator.close()
     del enc
@@ -169,7 +171,7 @@ def main(argv=None) -> int:
         del gen
         print(f"vLLM engine start-up: {startup:.1f} s")
     if "encode" in sections:
-        n, sec, tok = bench_encode(args.model, "vllm", texts, args.max_new_tokens, args.hf_batch_size, args.dtype)
+        n, sec, tok = bench_encode(args.model, "vllm", texts, args.max_new_tokens, args.hf_batch_size, dtype)
         rows.append(("encode", "vllm", n, sec, "texts"))
         vllm_encode_tokens = tok
 

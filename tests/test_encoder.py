@@ -106,11 +106,14 @@ def test_cache_skips_generation_and_recovers(tiny_model_path, tmp_path):
     b, rats = enc.encode(TEXTS, max_new_tokens=5, return_rationales=True, show_progress_bar=False)
     assert calls == [3] and all(r.cached for r in rats)
     np.testing.assert_array_equal(a, b)
+    five_token_entries = sorted((tmp_path / "c").rglob("*.json"))
+    assert len(five_token_entries) == 3
     # another generation setting is another key
     enc.encode(TEXTS[:1], max_new_tokens=4, show_progress_bar=False)
     assert calls == [3, 1]
-    # damage one entry (half-written file): it is regenerated, embeddings unchanged
-    victim = sorted((tmp_path / "c").rglob("*.json"))[0]
+    assert len(sorted((tmp_path / "c").rglob("*.json"))) == 4
+    # damage one entry of the 5-token run (half-written file): it is regenerated, embeddings unchanged
+    victim = five_token_entries[0]
     victim.write_bytes(victim.read_bytes()[:10])
     c = enc.encode(TEXTS, max_new_tokens=5, show_progress_bar=False)
     assert calls == [3, 1, 1] and enc.cache.recovered == 1
