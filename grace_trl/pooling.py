@@ -74,7 +74,7 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]], spans: Sequence[tup
     n = 0
     while n < limit and all(seq[n] == first[n] for seq in sequences):
         n += 1
-    return max(n, 0)
+    return n
 
 
 def _cache_kwarg(body) -> str | None:

@@ -179,10 +179,10 @@ def run_evaluation(args) -> dict:
                 loaded[run.path] = GRACEEncoder.from_pretrained(run.path, device=args.device, backend=args.backend,
                                                                 cache_dir=cache_dir)
             encoder = loaded[run.path]
+            experiment = {"limit": args.limit} if args.limit else {}
             if override_prompt:
                 encoder.settings.system_prompt = system_prompt  # part of the cache key via the prompt ids
-            experiment = {"limit": args.limit} if args.limit else {}
-            if override_prompt:  # keeps mteb's result folders apart from runs with the checkpoint's prompt
+                # keeps mteb's result folders apart from runs with the checkpoint's prompt
                 experiment["system_prompt"] = hashlib.sha256((system_prompt or "").encode()).hexdigest()[:10]
             evaluated = GRACEMTEBEncoder(encoder, use_rationale=run.use_rationale, max_new_tokens=args.max_new_tokens,
                                          name=run.path, experiment_kwargs=experiment)
