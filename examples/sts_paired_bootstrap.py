@@ -16,15 +16,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from scipy.stats import spearmanr
 
-from grace_trl.config import GRACESettings
 from grace_trl.encoder import GRACEEncoder
+from grace_trl.evaluation.cli import resolve_system_prompt
 from grace_trl.evaluation.tasks import get_local_task
 
 
-def pair_cosines(path, s1, s2, args, system_prompt):
+def pair_cosines(path, s1, s2, args, override):
     enc = GRACEEncoder.from_pretrained(path, cache_dir=args.cache_dir)
-    if system_prompt is not None:
-        enc.settings.system_prompt = system_prompt
+    if override[0]:
+        enc.settings.system_prompt = override[1]
     vecs = enc.encode(s1 + s2, max_new_tokens=args.max_new_tokens, use_rationale=not args.no_rationale)
     return np.sum(vecs[: len(s1)] * vecs[len(s1):], axis=1)
 
@@ -38,7 +38,9 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--no-rationale", action="store_true")
-    p.add_argument("--system-prompt-from", default=None, help="checkpoint whose system prompt both models use")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--system-prompt", default=None, help="system prompt both models use ('' for none)")
+    prompt.add_argument("--system-prompt-from", default=None, help="checkpoint whose system prompt both models use")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resamples", type=int, default=2000)
     args = p.parse_args()
@@ -48,14 +50,12 @@ def main() -> None:
     rows = task.dataset["test"]
     s1, s2 = list(rows["sentence1"]), list(rows["sentence2"])
     gold = np.asarray(rows["score"], dtype=float)
-    system_prompt = None
-    if args.system_prompt_from:
-        settings = GRACESettings.load(args.system_prompt_from)
-        if settings is None:
-            raise SystemExit(f"--system-prompt-from {args.system_prompt_from}: no grace_config.json there")
-        system_prompt = settings.system_prompt
-    cos_a = pair_cosines(args.model_a, s1, s2, args, system_prompt)
-    cos_b = pair_cosines(args.model_b, s1, s2, args, system_prompt)
+    try:
+        override = resolve_system_prompt(args)  # the same rule as `grace-trl eval`
+    except ValueError as err:
+        raise SystemExit(str(err))
+    cos_a = pair_cosines(args.model_a, s1, s2, args, override)
+    cos_b = pair_cosines(args.model_b, s1, s2, args, override)
 
     def score(cos, idx):
         return 100 * spearmanr(cos[idx], gold[idx]).statistic

@@ -169,10 +169,9 @@ def _hub_settings(repo_id: str) -> GRACESettings | None:
 
     try:
         path = hf_hub_download(repo_id, SETTINGS_FILE)
-    except (EntryNotFoundError, RepositoryNotFoundError):
-        return None
-    except LocalEntryNotFoundError:
-        # offline and not cached: the weights will fail to load the same way, with a clearer message
+    except (EntryNotFoundError, RepositoryNotFoundError, LocalEntryNotFoundError):
+        # no settings file, or offline and not cached: in the latter case the weights fail to load the
+        # same way right after, with a clearer message
         return None
     return GRACESettings.load(os.path.dirname(path))
 
