@@ -3,6 +3,12 @@
 Defaults follow the GRACE paper (λ1 = λ2 = 0.2, τ = 0.1, γ = 1, anchors at T = 0.5, rollouts at
 T = 1.0, no KL, no std scaling of rewards, ε = 0.2, lr 1e-6) except ``reward_variant``, which
 defaults to ``"effective"``: see :mod:`grace_trl.rewards` for why.
+
+Loss aggregation is the reference implementation's (verl ``token-mean`` over the mini-batch, TRL
+``loss_type="dapo"``): every generated token weighs the same, so a long rationale is not
+down-weighted per token as under per-sequence normalisation (``"grpo"``). The reference makes
+``ppo_mini_batch_size / rollout batch`` = 4 optimiser updates per generated batch; in TRL that is
+``steps_per_generation: 4`` (see the GPU recipes).
 """
 
 from __future__ import annotations
@@ -90,6 +96,30 @@ class GRACEConfig(GRPOConfig):
             Sequences per forward pass when pooling embeddings for the reward.
         num_sample_rationales (`int`, *optional*, defaults to `2`):
             Rationales written to the log at every logging step.
+        fuse_anchor_generation (`bool`, *optional*, defaults to `True`):
+            Sample the anchor rationales in the same `generate` call as the rollouts (one decode per step
+            instead of two), at `anchor_temperature` per row. HF generation only (vLLM keeps its own anchor
+            request). With `top_p`/`top_k`/`min_p` set, anchor tokens are filtered on the rollouts' logits before
+            the anchor temperature is applied; set `False` for a separate anchor decode.
+        contrastive_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of an auxiliary InfoNCE term on the rollouts' pooled hidden states, computed in the policy
+            loss forward (no extra pass): each rollout of the positive document is pulled towards its group's
+            query anchor and pushed from every other anchor of the generation batch (other queries, hard
+            negatives); anchors are detached targets. `0` is pure GRACE (the paper).
+        contrastive_temperature (`float`, *optional*, defaults to `0.05`):
+            Temperature of that InfoNCE term.
+        embedding_evaluator (`str` or `None`, *optional*, defaults to `None`):
+            `"sts-dev"` (STS-B dev pairs) or `"retrieval-dev"` (SciFact train queries): embeds a dev set with the
+            current policy exactly as `GRACEEncoder` does whenever the trainer evaluates (`eval_strategy`,
+            `eval_steps`) and logs `eval_sts_spearman` / `eval_retrieval_ndcg_at_10`, usable as
+            `metric_for_best_model`. Reads `embedding_eval_data_dir` (default `$GRACE_TRL_DATA_DIR` or
+            `../shared/data`).
+        embedding_eval_limit (`int` or `None`, *optional*, defaults to `None`):
+            Seeded subset size of the dev set (default 200 STS pairs / 50 retrieval queries).
+        embedding_eval_data_dir (`str` or `None`, *optional*, defaults to `None`):
+            Folder holding `STSBenchmark/` and `SciFact/`.
+        embedding_eval_without_rationale (`bool`, *optional*, defaults to `False`):
+            Also score STS without the rationale (`eval_sts_spearman_no_rationale`).
     """
 
     mode: str = field(default="supervised", metadata={"help": "'supervised' or 'unsupervised'."})
@@ -105,6 +135,18 @@ class GRACEConfig(GRPOConfig):
     reward_variant: str = field(default="effective", metadata={"help": "'paper' or 'effective'."})
     embedding_batch_size: int = field(default=16, metadata={"help": "Sequences per pooling forward pass."})
     num_sample_rationales: int = field(default=2, metadata={"help": "Sample rationales logged per logging step."})
+    fuse_anchor_generation: bool = field(default=True, metadata={
+        "help": "Sample anchors in the rollouts' generate call (HF generation)."})
+    contrastive_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the auxiliary InfoNCE term on rollouts' pooled hidden states (0 = pure GRACE)."})
+    contrastive_temperature: float = field(default=0.05, metadata={"help": "Temperature of the InfoNCE term."})
+    embedding_evaluator: str | None = field(default=None, metadata={
+        "help": "Dev-set embedding evaluator run at eval_steps: 'sts-dev' or 'retrieval-dev'."})
+    embedding_eval_limit: int | None = field(default=None, metadata={"help": "Seeded dev subset size."})
+    embedding_eval_data_dir: str | None = field(default=None, metadata={
+        "help": "Folder with STSBenchmark/ and SciFact/ (default $GRACE_TRL_DATA_DIR or ../shared/data)."})
+    embedding_eval_without_rationale: bool = field(default=False, metadata={
+        "help": "Also log the no-rationale STS score."})
 
     # GRPO defaults changed to the paper's optimisation settings.
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (paper: 1e-6)."})
@@ -114,7 +156,8 @@ class GRACEConfig(GRPOConfig):
     beta: float = field(default=0.0, metadata={"help": "KL coefficient (GRACE: 0)."})
     epsilon: float = field(default=0.2, metadata={"help": "PPO clip ε."})
     scale_rewards: str = field(default="none", metadata={"help": "GRACE: group mean baseline, no std scaling."})
-    loss_type: str = field(default="grpo", metadata={"help": "GRPO loss aggregation (see GRPOConfig)."})
+    loss_type: str = field(default="dapo", metadata={
+        "help": "Loss aggregation; 'dapo' = token mean over the batch, the reference implementation's 'token-mean'."})
     remove_unused_columns: bool | None = field(default=False, metadata={"help": "Keep query/negatives columns."})
 
     def __post_init__(self):
@@ -128,6 +171,17 @@ class GRACEConfig(GRPOConfig):
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.num_negatives < 0:
             raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
+        if self.contrastive_weight < 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if self.contrastive_temperature <= 0:
+            raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}")
+        if self.embedding_evaluator is not None and self.embedding_evaluator.lower() in ("none", "null", ""):
+            self.embedding_evaluator = None
+        if self.embedding_evaluator is not None:
+            from .evaluation.evaluators import EVALUATOR_NAMES
+
+            if self.embedding_evaluator not in EVALUATOR_NAMES:
+                raise ValueError(f"embedding_evaluator must be one of {EVALUATOR_NAMES}, got {self.embedding_evaluator!r}")
         if self.anchor_temperature < 0:
             raise ValueError(f"anchor_temperature must be >= 0, got {self.anchor_temperature}")
         if isinstance(self.system_prompt, str) and self.system_prompt.lower() in ("none", "null", ""):

@@ -1,26 +1,40 @@
-"""Training curves: the per-step GRACE metrics as a CSV table and a PNG plot next to the checkpoint."""
+"""Training curves: the per-step GRACE metrics and dev-set embedding scores as a CSV table and a PNG plot.
+
+Written by :class:`TrainingCurvesCallback` at every save and at the end of training, so scripts that
+use :class:`~grace_trl.GRACETrainer` directly get them too.
+"""
 
 from __future__ import annotations
 
 import csv
 import os
 
+from transformers import TrainerCallback
+
 CURVE_KEYS = ("reward", "grace/pos_sim", "grace/neg_sim", "grace/margin", "grace/consistency", "grace/cross",
-              "grace/truncation_rate", "grace/rationale_length", "loss", "step_time")
+              "grace/truncation_rate", "grace/rationale_length", "grace/contrastive_loss", "loss", "step_time")
+# dev-set embedding scores logged by the trainer's evaluator (eval_<name>_<metric>)
+EVAL_SUFFIXES = ("_spearman", "_spearman_no_rationale", "_ndcg_at_10", "_rationale_length", "_truncation_rate")
+
+
+def _eval_keys(entry: dict) -> list[str]:
+    return [k for k in entry if k.startswith("eval_") and k.endswith(EVAL_SUFFIXES)]
 
 
 def training_rows(log_history: list[dict]) -> list[dict]:
-    """One row per logged training step with the GRACE metrics that were present."""
-    rows = []
+    """One row per logged step: the GRACE metrics and any dev-set embedding score logged at that step."""
+    rows: dict[int, dict] = {}
     for entry in log_history:
-        if "reward" not in entry or "step" not in entry:
+        if "step" not in entry:
             continue
-        row = {"step": int(entry["step"])}
-        for key in CURVE_KEYS:
-            if key in entry:
-                row[key] = float(entry[key])
-        rows.append(row)
-    return rows
+        keys = [k for k in CURVE_KEYS if k in entry] if "reward" in entry else []
+        keys += _eval_keys(entry)
+        if not keys:
+            continue
+        row = rows.setdefault(int(entry["step"]), {"step": int(entry["step"])})
+        for key in keys:
+            row[key] = float(entry[key])
+    return [rows[s] for s in sorted(rows)]
 
 
 def save_training_curves(log_history: list[dict], output_dir: str) -> tuple[str, str | None]:
@@ -28,7 +42,8 @@ def save_training_curves(log_history: list[dict], output_dir: str) -> tuple[str,
     rows = training_rows(log_history)
     os.makedirs(output_dir, exist_ok=True)
     csv_path = os.path.join(output_dir, "training_curves.csv")
-    keys = ["step"] + [k for k in CURVE_KEYS if any(k in r for r in rows)]
+    eval_keys = sorted({k for r in rows for k in r if k.startswith("eval_")})
+    keys = ["step"] + [k for k in CURVE_KEYS if any(k in r for r in rows)] + eval_keys
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
@@ -40,23 +55,41 @@ def save_training_curves(log_history: list[dict], output_dir: str) -> tuple[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     panels = [
         ("mean GRACE reward", ["reward"]),
         ("cosine similarity", ["grace/pos_sim", "grace/neg_sim", "grace/margin"]),
         ("rationales", ["grace/truncation_rate"]),
     ]
+    scores = [k for k in eval_keys if k.endswith(("_spearman", "_spearman_no_rationale", "_ndcg_at_10"))]
+    if scores:
+        panels.append(("dev-set embedding score", scores))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (title, names) in zip(axes, panels):
         for name in names:
-            ys = [r.get(name, float("nan")) for r in rows]
-            ax.plot(steps, ys, marker=".", label=name.replace("grace/", ""))
+            pts = [(r["step"], r[name]) for r in rows if name in r]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name.replace("grace/", ""))
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     png_path = os.path.join(output_dir, "training_curves.png")
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return csv_path, png_path
+
+
+class TrainingCurvesCallback(TrainerCallback):
+    """Keeps ``training_curves.csv/png`` in ``output_dir`` current (main process only)."""
+
+    def _write(self, args, state):
+        if state.is_world_process_zero:
+            save_training_curves(state.log_history, args.output_dir)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._write(args, state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(args, state)

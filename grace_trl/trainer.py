@@ -13,24 +13,49 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from contextlib import nullcontext
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from datasets import Dataset
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.trainer_utils import IntervalStrategy
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from .config import GRACEConfig
 from .data import add_prompts, validate_dataset
 from .models import resolve_model_name
-from .pooling import embed_token_sequences, pool_span
+from .pooling import embed_token_sequences, get_backbone, masked_mean, pool_span
 from .prompts import PromptEncoder
 from .rewards import GRACEReward, RolloutEmbeddings, build_reward_funcs
 
 logger = logging.getLogger(__name__)
 SAMPLES_FILE = "rationale_samples.jsonl"
+
+
+class RowTemperature(LogitsProcessor):
+    """Per-row temperature on top of the generation config's: row i's logits end up divided by ``temps[i]``.
+
+    Runs after the config's own temperature (``base``), so it rescales by ``base / temps[i]``; a
+    temperature of 0 keeps only the arg-max token (greedy) for that row.
+    """
+
+    def __init__(self, temps: Sequence[float], base: float):
+        self.scale = torch.tensor([base / t if t > 0 else 1.0 for t in temps], dtype=torch.float32)
+        self.greedy = torch.tensor([t <= 0 for t in temps])
+
+    def __call__(self, input_ids, scores):
+        scale = self.scale.to(scores.device, scores.dtype).unsqueeze(1)
+        scores = scores * scale
+        if bool(self.greedy.any()):
+            greedy = self.greedy.to(scores.device)
+            top = scores.argmax(dim=-1, keepdim=True)
+            only_top = torch.full_like(scores, float("-inf")).scatter(1, top, 0.0)
+            scores = torch.where(greedy.unsqueeze(1), scores + only_top, scores)
+        return scores
 
 
 class GRACETrainer(GRPOTrainer):
@@ -48,7 +73,7 @@ class GRACETrainer(GRPOTrainer):
     """
 
     def __init__(self, model, reward_funcs=None, args: GRACEConfig | None = None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, **kwargs):
+                 eval_dataset=None, processing_class=None, evaluator=None, **kwargs):
         if args is None:
             args = GRACEConfig(output_dir="grace-output")
         if not isinstance(args, GRACEConfig):
@@ -69,9 +94,33 @@ class GRACETrainer(GRPOTrainer):
             from .vllm_backend import cpu_weight_sync_patch
 
             build_ctx = cpu_weight_sync_patch()
-        with build_ctx:
-            super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
-                             eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        if evaluator is None and args.embedding_evaluator:
+            from .evaluation.evaluators import build_evaluator
+
+            evaluator = build_evaluator(args.embedding_evaluator, args.embedding_eval_data_dir,
+                                        limit=args.embedding_eval_limit, seed=args.seed,
+                                        max_new_tokens=args.max_completion_length,
+                                        batch_size=args.embedding_batch_size,
+                                        without_rationale=args.embedding_eval_without_rationale)
+        if evaluator is not None and not callable(evaluator):
+            raise TypeError(f"evaluator must be a callable taking a GRACEEncoder, got {type(evaluator).__name__}")
+        self.embedding_evaluator = evaluator
+        # transformers refuses eval_strategy without an eval_dataset; an embedding evaluator is evaluation enough.
+        eval_strategy = args.eval_strategy
+        if evaluator is not None and eval_dataset is None:
+            args.eval_strategy = IntervalStrategy.NO
+        try:
+            with build_ctx:
+                super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                                 eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        finally:
+            args.eval_strategy = eval_strategy
+        from .reporting import TrainingCurvesCallback
+
+        self.add_callback(TrainingCurvesCallback())
+        self._grace_rows = None  # rows of the generation batch being generated (for fused anchors)
+        self._grace_fused_anchors = None  # anchor completions sampled with the rollouts
+        self._grace_contrastive = None  # (anchor bank, group ids, content offsets) of the current batch
         if self.is_deepspeed_enabled and not args.ds3_gather_for_generation:
             ds_stage = self.accelerator.state.deepspeed_plugin.zero_stage
             if ds_stage == 3:
@@ -184,7 +233,10 @@ class GRACETrainer(GRPOTrainer):
         anchor_prompt_ids = [e.input_ids for e in anchor_enc]
 
         anchor_completions = None
-        if self.use_vllm:
+        fused, self._grace_fused_anchors = self._grace_fused_anchors, None
+        if fused is not None and len(fused) == len(anchor_prompt_ids):
+            anchor_completions = fused
+        elif self.use_vllm:
             from .vllm_backend import generate_anchor_ids_vllm
 
             anchor_completions = generate_anchor_ids_vllm(self, anchor_prompt_ids, self.args.anchor_temperature,
@@ -210,6 +262,15 @@ class GRACETrainer(GRPOTrainer):
         gather = self.accelerator.gather
         policy = gather(policy_local)
         anchors_all = gather(anchors_local.contiguous())
+        if self.args.contrastive_weight > 0 and mode == "train":
+            # Targets of the auxiliary InfoNCE term: every anchor of the generation batch (all processes), with
+            # each local rollout's own query (or text) anchor as its positive.
+            groups_local = n_local // G
+            first = self.accelerator.process_index * groups_local
+            group_ids = torch.arange(n_local, device=device) // G + first
+            offsets = torch.tensor([enc.content_start for enc in enc_prompts], device=device)
+            bank = torch.cat([anchors_all[:, 0], anchors_all[:, 1:].reshape(-1, anchors_all.shape[-1])], 0)
+            self._grace_contrastive = (bank.detach(), group_ids, offsets)
         self._last_anchor_texts = anchor_texts
         self._last_anchor_completions = anchor_completions
         proc = self.accelerator.process_index
@@ -223,6 +284,148 @@ class GRACETrainer(GRPOTrainer):
             mode=self.args.mode,
             local=slice(proc * n_local, (proc + 1) * n_local),
         )
+
+    # ----------------------------------------------------- fused anchor generation
+    def _generate_and_score_completions(self, inputs):
+        self._grace_rows, self._grace_fused_anchors, self._grace_contrastive = inputs, None, None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._grace_rows = None
+        if self._grace_contrastive is not None:
+            _, group_ids, offsets = self._grace_contrastive
+            output["grace_group"] = group_ids
+            output["grace_content_offset"] = offsets
+        return output
+
+    def _can_fuse_anchors(self, images, multimodal_fields) -> bool:
+        return (self.args.fuse_anchor_generation and self._grace_rows is not None
+                and not self.use_vllm and not self.use_transformers_continuous_batching
+                and not images and not multimodal_fields and not getattr(self, "tools", None))
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """One HF ``generate`` call for rollouts *and* anchors (anchors at ``anchor_temperature``).
+
+        Decoding on CPU costs per step, not per row, so appending the anchor prompts to the rollout
+        batch is nearly free, where a second decode doubled the generation time. Anchors are
+        returned through ``self._grace_fused_anchors``; rollouts exactly as TRL returns them.
+        """
+        if not self._can_fuse_anchors(images, multimodal_fields):
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        G = num_generations
+        anchor_texts, _ = self._anchor_texts(self._grace_rows, G)
+        anchor_ids = [self.prompt_encoder(t).input_ids for t in anchor_texts]
+        all_ids = [list(p) for p in prompt_ids] + anchor_ids
+        pad = self._tokenizer.pad_token_id
+        width = max(len(p) for p in all_ids)
+        ids = torch.full((len(all_ids), width), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(all_ids):
+            ids[i, width - len(p):] = torch.tensor(p)
+            attn[i, width - len(p):] = 1
+        base_t = float(self.generation_config.temperature or 1.0)
+        temps = [base_t] * len(prompt_ids) + [float(self.args.anchor_temperature)] * len(anchor_ids)
+        device = self.accelerator.device
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+        ):
+            out = unwrapped.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                     generation_config=self.generation_config,
+                                     logits_processor=LogitsProcessorList([RowTemperature(temps, base_t)]))
+        completions = []
+        for row in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in self.eos_token_ids), None)
+            completions.append(row if cut is None else row[: cut + 1])
+        self._grace_fused_anchors = completions[len(prompt_ids):]
+        return completions[: len(prompt_ids)], None
+
+    # ------------------------------------------------------- auxiliary InfoNCE
+    def _compute_loss(self, model, inputs):
+        weight = float(self.args.contrastive_weight)
+        if weight <= 0 or "grace_group" not in inputs or self._grace_contrastive is None:
+            return super()._compute_loss(model, inputs)
+        captured = []
+
+        def keep_hidden(module, args, output):
+            captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+        handle = get_backbone(model).register_forward_hook(keep_hidden)
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            handle.remove()
+        hidden = torch.cat(captured, 0)
+        prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
+        width = prompt_mask.shape[1]
+        start = (width - prompt_mask.sum(1)) + inputs["grace_content_offset"]
+        end = width + completion_mask.sum(1)
+        pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        mask = (pos >= start.unsqueeze(1)) & (pos < end.unsqueeze(1))
+        pooled = masked_mean(hidden, mask)
+        bank = self._grace_contrastive[0].to(pooled.device)
+        logits = pooled @ bank.T / float(self.args.contrastive_temperature)
+        nce = F.cross_entropy(logits, inputs["grace_group"].to(pooled.device))
+        mode = "train" if self.model.training else "eval"
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        loss = loss + weight * nce / normalizer
+        self._metrics[mode]["grace/contrastive_loss"].append(self.accelerator.gather(nce.detach()).mean().item())
+        return loss
+
+    # ------------------------------------------------------ embedding evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """TRL's evaluation (when an eval dataset is given) plus the embedding evaluator's dev scores."""
+        metrics = {}
+        if eval_dataset is not None or self.eval_dataset is not None:
+            metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix))
+        if self.embedding_evaluator is not None:
+            scores = self.run_embedding_evaluator(metric_key_prefix)
+            self.log(scores)
+            if not metrics:
+                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, scores)
+            metrics.update(scores)
+        return metrics
+
+    def run_embedding_evaluator(self, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Embed the evaluator's dev set with the current policy, exactly as :class:`GRACEEncoder` would.
+
+        Runs on the main process inside the generation context (ZeRO-3 parameters gathered, adapters
+        active) while the other processes wait; the scores are broadcast so every rank sees the same
+        ``metric_for_best_model``.
+        """
+        from accelerate.utils import broadcast_object_list
+
+        from .encoder import GRACEEncoder
+
+        start = time.perf_counter()
+        result: list = [None]
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+        ):
+            if self.accelerator.is_main_process:
+                was_training = unwrapped.training
+                try:
+                    encoder = GRACEEncoder(unwrapped, self.grace_tokenizer, self.args.grace_settings(),
+                                           name_or_path="policy")
+                    result[0] = dict(self.embedding_evaluator(encoder))
+                finally:
+                    unwrapped.train(was_training)
+            self.accelerator.wait_for_everyone()
+        if self.accelerator.num_processes > 1:
+            result = broadcast_object_list(result, from_process=0)
+        name = getattr(self.embedding_evaluator, "name", "embedding")
+        scores = {f"{metric_key_prefix}_{name}_{k}": float(v) for k, v in result[0].items()}
+        scores[f"{metric_key_prefix}_{name}_runtime"] = round(time.perf_counter() - start, 2)
+        return scores
 
     # --------------------------------------------------------------- rewards
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):

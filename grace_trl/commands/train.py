@@ -71,11 +71,8 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(training_args.output_dir)
-        from ..reporting import save_training_curves
-
-        csv_path, png_path = save_training_curves(trainer.state.log_history, training_args.output_dir)
-        logger.info("saved GRACE checkpoint to %s (curves: %s, %s)", os.path.abspath(training_args.output_dir),
-                    csv_path, png_path)
+        logger.info("saved GRACE checkpoint to %s (curves: training_curves.csv/png there)",
+                    os.path.abspath(training_args.output_dir))
     return trainer
 
 

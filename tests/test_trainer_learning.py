@@ -1,0 +1,166 @@
+"""What makes GRACE learn: update schedule, fused anchor decode, auxiliary InfoNCE, dev-set evaluation."""
+
+import csv
+import os
+import re
+
+import torch
+from datasets import Dataset
+
+from grace_trl import GRACEConfig
+from grace_trl.encoder import GRACEEncoder
+from grace_trl.evaluation.evaluators import STSEvaluator
+from grace_trl.trainer import GRACETrainer, RowTemperature
+from trl.models import unwrap_model_for_generation
+
+EOS_BIAS = {"sequence_bias": {(2,): 9.0}}
+
+
+def rows(n=8):
+    return Dataset.from_dict({
+        "query": [f"query number {i} about cats" for i in range(n)],
+        "positive": [f"positive document {i} : a cat sleeps on the sofa" for i in range(n)],
+        "negatives": [[f"negative {i} : the stock market fell"] for i in range(n)],
+    })
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", seed=0,
+                num_generations=2, per_device_train_batch_size=4, max_completion_length=6, max_steps=2,
+                learning_rate=1e-3, logging_steps=1, save_strategy="no", num_sample_rationales=0)
+    base.update(kw)
+    return GRACEConfig(**base)
+
+
+def digit(text: str) -> str:
+    return re.search(r"(?:document|number|negative) (\d+)", text).group(1)
+
+
+class RecordingTrainer(GRACETrainer):
+    """Records every generation batch: each group's prompt and the anchors built for it."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.generations = []
+
+    def build_rollout_embeddings(self, inputs, prompts, completion_ids_list):
+        batch = super().build_rollout_embeddings(inputs, prompts, completion_ids_list)
+        self.generations.append((list(prompts), list(self._last_anchor_texts), len(self._last_anchor_completions)))
+        return batch
+
+
+def test_loss_aggregation_defaults_to_the_reference_token_mean(tmp_path):
+    assert config(tmp_path).loss_type == "dapo"
+
+
+def test_steps_per_generation_reuses_one_generation_for_several_updates(tmp_path, tiny_model_path):
+    # 4 groups x G=2 generated at once, split into 2 optimiser steps of 2 groups; num_iterations=2 replays them
+    args = config(tmp_path, per_device_train_batch_size=4, steps_per_generation=2, num_iterations=2, max_steps=8,
+                  generation_kwargs=EOS_BIAS)
+    trainer = RecordingTrainer(tiny_model_path, args=args, train_dataset=rows(16))
+    trainer.train()
+    assert trainer.state.global_step == 8
+    assert len(trainer.generations) == 2  # 8 optimiser steps / (2 steps per generation x 2 iterations)
+    for prompts, anchors, n_anchor_completions in trainer.generations:
+        assert len(prompts) == 8 and len(anchors) == 8 and n_anchor_completions == 8
+        for g in range(4):
+            group = prompts[2 * g: 2 * g + 2]
+            assert group[0] == group[1]
+            doc = digit(group[0][-1]["content"])
+            # anchor i belongs to row i: the query and the negative of the same row as the rollouts
+            assert anchors[2 * g].startswith("query") and digit(anchors[2 * g]) == doc
+            assert anchors[2 * g + 1].startswith("negative") and digit(anchors[2 * g + 1]) == doc
+
+
+def test_row_temperature_scales_each_row_and_greedy_rows_keep_the_argmax():
+    scores = torch.tensor([[1.0, 2.0, 0.5], [1.0, 2.0, 0.5], [3.0, 1.0, 2.0]])
+    out = RowTemperature([1.0, 0.5, 0.0], base=1.0)(None, scores.clone())
+    assert torch.allclose(out[0], scores[0]) and torch.allclose(out[1], scores[1] * 2)
+    assert out[2, 0] == 3.0 and torch.isinf(out[2, 1:]).all()
+
+
+def test_fused_anchors_equal_a_separate_greedy_decode(tmp_path, tiny_model_path):
+    args = config(tmp_path, anchor_temperature=0.0, max_completion_length=6)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(4))
+    calls = []
+    original = trainer.model.generate
+
+    def counting_generate(*a, **kw):
+        calls.append(kw["input_ids"].shape[0])
+        return original(*a, **kw)
+
+    trainer.model.generate = counting_generate
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer._generate_and_score_completions(batch)
+    assert calls == [4 + 4]  # one decode: 2 groups x G=2 rollouts + (query, negative) x 2 groups
+    fused = trainer._last_anchor_completions
+    prompt_ids = [trainer.prompt_encoder(t).input_ids for t in trainer._last_anchor_texts]
+    with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as unwrapped, torch.no_grad():
+        separate = trainer._generate_anchor_completions(unwrapped, prompt_ids)
+    assert fused == separate
+
+
+def test_contrastive_term_pools_the_same_span_as_the_reward(tmp_path, tiny_model_path):
+    seen = {}
+
+    def spy(prompts, completions, grace_embeddings, **kwargs):
+        seen["batch"] = grace_embeddings[0]
+        return [0.0] * len(prompts)
+
+    args = config(tmp_path, contrastive_weight=1.0, generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, reward_funcs=["grace", spy], args=args, train_dataset=rows(4))
+    trainer.model.train()  # as inside trainer.train(); the term is a training loss
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop
+    batch = next(iter(trainer.get_train_dataloader()))
+    out = trainer._generate_and_score_completions(batch)
+    assert out["grace_group"].tolist() == [0, 0, 1, 1]
+    pooled = {}
+    original = trainer._compute_loss
+
+    # the loss forward's pooled vectors (with gradient) must equal the reward's no-grad vectors
+    import grace_trl.trainer as trainer_module
+
+    real_masked_mean = trainer_module.masked_mean
+
+    def recording_masked_mean(hidden, mask, normalize=True):
+        pooled["v"] = real_masked_mean(hidden, mask, normalize)
+        return pooled["v"]
+
+    trainer_module.masked_mean = recording_masked_mean
+    try:
+        loss = original(trainer.model, out)
+    finally:
+        trainer_module.masked_mean = real_masked_mean
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert torch.allclose(pooled["v"].detach(), seen["batch"].policy, atol=1e-4)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
+    assert trainer._metrics["train"]["grace/contrastive_loss"]
+
+
+def test_embedding_evaluator_logs_dev_scores_curves_and_best_model(tmp_path, tiny_model_path, shared_data):
+    args = config(tmp_path, embedding_evaluator="sts-dev", embedding_eval_limit=6,
+                  embedding_eval_data_dir=str(shared_data), embedding_eval_without_rationale=True,
+                  eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, max_steps=2,
+                  metric_for_best_model="eval_sts_spearman", greater_is_better=True, load_best_model_at_end=True,
+                  generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
+    assert isinstance(trainer.embedding_evaluator, STSEvaluator) and len(trainer.embedding_evaluator.pairs) == 6
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_sts_spearman" in h]
+    assert [h["step"] for h in evals] == [1, 2]
+    for h in evals:
+        assert -100.0 <= h["eval_sts_spearman"] <= 100.0
+        assert 0.0 <= h["eval_sts_truncation_rate"] <= 1.0 and "eval_sts_spearman_no_rationale" in h
+    assert trainer.state.best_model_checkpoint is not None
+    with open(os.path.join(args.output_dir, "training_curves.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert "eval_sts_spearman" in table[0] and any(r["eval_sts_spearman"] for r in table)
+    assert os.path.isfile(os.path.join(args.output_dir, "training_curves.png"))
+
+    # the evaluator embeds exactly like GRACEEncoder on the saved weights
+    score = trainer.run_embedding_evaluator()["eval_sts_spearman"]
+    trainer.save_model(str(tmp_path / "final"))
+    trainer.processing_class.save_pretrained(str(tmp_path / "final"))
+    encoder = GRACEEncoder.from_pretrained(str(tmp_path / "final"), device="cpu")
+    assert abs(trainer.embedding_evaluator(encoder)["spearman"] - score) < 1e-3
