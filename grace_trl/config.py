@@ -120,6 +120,9 @@ class GRACEConfig(GRPOConfig):
             Folder holding `STSBenchmark/` and `SciFact/`.
         embedding_eval_without_rationale (`bool`, *optional*, defaults to `False`):
             Also score STS without the rationale (`eval_sts_spearman_no_rationale`).
+        max_train_minutes (`float` or `None`, *optional*, defaults to `None`):
+            Wall-clock training budget: training stops (and saves) after the step that crosses it, whatever
+            `max_steps` says. Makes recipes comparable by compute rather than by step count.
     """
 
     mode: str = field(default="supervised", metadata={"help": "'supervised' or 'unsupervised'."})
@@ -147,6 +150,8 @@ class GRACEConfig(GRPOConfig):
         "help": "Folder with STSBenchmark/ and SciFact/ (default $GRACE_TRL_DATA_DIR or ../shared/data)."})
     embedding_eval_without_rationale: bool = field(default=False, metadata={
         "help": "Also log the no-rationale STS score."})
+    max_train_minutes: float | None = field(default=None, metadata={
+        "help": "Stop training after this many wall-clock minutes (the running step finishes)."})
 
     # GRPO defaults changed to the paper's optimisation settings.
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (paper: 1e-6)."})
@@ -171,6 +176,8 @@ class GRACEConfig(GRPOConfig):
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.num_negatives < 0:
             raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
+        if self.max_train_minutes is not None and not self.max_train_minutes > 0:
+            raise ValueError(f"max_train_minutes must be > 0, got {self.max_train_minutes}")
         if self.contrastive_weight < 0:
             raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
         if self.contrastive_temperature <= 0:

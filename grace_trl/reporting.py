@@ -7,9 +7,13 @@ use :class:`~grace_trl.GRACETrainer` directly get them too.
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import time
 
 from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 CURVE_KEYS = ("reward", "grace/pos_sim", "grace/neg_sim", "grace/margin", "grace/consistency", "grace/cross",
               "grace/truncation_rate", "grace/rationale_length", "grace/contrastive_loss", "loss", "step_time")
@@ -93,3 +97,23 @@ class TrainingCurvesCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._write(args, state)
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Ends training after ``minutes`` of wall clock (checked after each optimiser step), then saves."""
+
+    def __init__(self, minutes: float):
+        self.minutes = float(minutes)
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None and time.monotonic() - self.start >= 60.0 * self.minutes:
+            logger.info("max_train_minutes=%s reached at step %d: stopping", self.minutes, state.global_step)
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+            if self.minutes and args.eval_strategy != "no":
+                control.should_evaluate = True
+        return control

@@ -115,9 +115,11 @@ class GRACETrainer(GRPOTrainer):
                                  eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         finally:
             args.eval_strategy = eval_strategy
-        from .reporting import TrainingCurvesCallback
+        from .reporting import TimeBudgetCallback, TrainingCurvesCallback
 
         self.add_callback(TrainingCurvesCallback())
+        if args.max_train_minutes:
+            self.add_callback(TimeBudgetCallback(args.max_train_minutes))
         self._grace_rows = None  # rows of the generation batch being generated (for fused anchors)
         self._grace_fused_anchors = None  # anchor completions sampled with the rollouts
         self._grace_contrastive = None  # (anchor bank, group ids, content offsets) of the current batch

@@ -118,8 +118,10 @@ def test_gpu_recipe_has_paper_settings(path):
     assert t.bf16 and t.gradient_checkpointing
     assert t.use_vllm and t.vllm_mode == "colocate"
     assert t.max_completion_length == 256 and "2048" in path.read_text()
-    # 64 rows (groups of G) per optimizer step on the 8 GPUs of the launch line
-    assert t.per_device_train_batch_size * t.gradient_accumulation_steps * 8 // t.num_generations == 64
+    # reference schedule on the 8 GPUs of the launch line: 64 rows (groups of G) per rollout batch, 4 updates each
+    assert t.per_device_train_batch_size * t.steps_per_generation * 8 // t.num_generations == 64
+    assert t.steps_per_generation // t.gradient_accumulation_steps == 4
+    assert t.loss_type == "dapo"
     if m.use_peft:
         assert m.lora_r > 0 and m.lora_target_modules
     else:
