@@ -79,7 +79,7 @@ def dev_scores(model_path: str, system_prompt: str | None, max_new_tokens: int, 
 
     encoder = GRACEEncoder.from_pretrained(model_path, device="cpu", cache_dir=str(CACHE) if cache else None)
     evaluator = STSEvaluator.from_sts_benchmark(None, split="dev", limit=limit, seed=0, without_rationale=True,
-                                                max_new_tokens=max_new_tokens, batch_size=16,
+                                                max_new_tokens=max_new_tokens, batch_size=64,
                                                 show_progress_bar=True)
     if system_prompt is not None:
         encoder.settings.system_prompt = system_prompt

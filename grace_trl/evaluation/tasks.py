@@ -49,7 +49,12 @@ def load_sts_benchmark(data_dir: str | os.PathLike | None = None, split: str = "
     read without quote handling and only columns 4-6 are used.
     """
     root = Path(data_dir) if data_dir else default_data_dir()
-    path = _require(root / "STSBenchmark" / f"sts-{split}.csv", "STSBenchmark")
+    return read_sts_file(_require(root / "STSBenchmark" / f"sts-{split}.csv", "STSBenchmark"))
+
+
+def read_sts_file(path: str | os.PathLike) -> list[tuple[str, str, float]]:
+    """(sentence1, sentence2, score) rows of one STSbenchmark-format file (see :func:`load_sts_benchmark`)."""
+    path = Path(path)
     rows = []
     with path.open(encoding="utf-8") as f:
         for n, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
