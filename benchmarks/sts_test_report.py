@@ -1,0 +1,101 @@
+"""Final STS-B *test* comparison of a GRACE checkpoint with its base model, under one system prompt.
+
+Embeds all 1,379 test pairs (or ``--limit``) with and without rationale for both models, prints and
+writes Spearman x100, mean rationale length and truncation for every row, and a paired bootstrap
+(``scipy.stats.bootstrap``, ``paired=True``) of GRACE - base with rationale and of GRACE with
+rationale - base without. Run it once per chosen recipe: selection happens on dev
+(``benchmarks/recipe_search.py``), never here.
+
+    python benchmarks/sts_test_report.py --grace outputs/smollm2-135m-grace-sup --base smollm2-135m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+from scipy.stats import bootstrap, spearmanr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def embed(path: str, sentences: list[str], use_rationale: bool, system_prompt, max_new_tokens, cache_dir):
+    from grace_trl.encoder import GRACEEncoder
+
+    enc = GRACEEncoder.from_pretrained(path, device="cpu", cache_dir=cache_dir)
+    out = enc.encode(sentences, batch_size=64, max_new_tokens=max_new_tokens, use_rationale=use_rationale,
+                     return_rationales=True, system_prompt=system_prompt)
+    return out
+
+
+def main(argv=None) -> int:
+    from grace_trl.config import GRACESettings
+    from grace_trl.evaluation.tasks import load_sts_benchmark
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grace", required=True)
+    p.add_argument("--base", default="smollm2-135m")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--cache-dir", default=str(ROOT / "outputs" / "rationale_cache"))
+    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "sts_test.json"))
+    args = p.parse_args(argv)
+
+    settings = GRACESettings.load(args.grace)
+    if settings is None:
+        raise SystemExit(f"{args.grace}: no grace_config.json (not a GRACE checkpoint)")
+    pairs = load_sts_benchmark(args.data_dir, split="test")
+    if args.limit:
+        pairs = pairs[: args.limit]
+    sentences = sorted({s for a, b, _ in pairs for s in (a, b)})
+    index = {s: i for i, s in enumerate(sentences)}
+    left = np.array([index[a] for a, _, _ in pairs])
+    right = np.array([index[b] for _, b, _ in pairs])
+    gold = np.array([s for _, _, s in pairs])
+    cos, rows = {}, {}
+    for label, path in (("base", args.base), ("grace", args.grace)):
+        for use_rationale in (False, True):
+            start = time.time()
+            vecs, rats = embed(path, sentences, use_rationale, settings.system_prompt, settings.max_new_tokens,
+                               args.cache_dir)
+            key = f"{label}, {'rationale' if use_rationale else 'no rationale'}"
+            cos[key] = np.sum(vecs[left] * vecs[right], axis=1)
+            rows[key] = {
+                "spearman": 100 * spearmanr(cos[key], gold).statistic,
+                "rationale_length": float(np.mean([len(r.token_ids) for r in rats])) if use_rationale else 0.0,
+                "truncation_rate": float(np.mean([r.truncated for r in rats])) if use_rationale else 0.0,
+                "seconds": round(time.time() - start, 1),
+            }
+            print(key, json.dumps(rows[key]), flush=True)
+
+    def diff(a, b):
+        def stat(ca, cb, g):
+            return 100 * (spearmanr(ca, g).statistic - spearmanr(cb, g).statistic)
+
+        res = bootstrap((cos[a], cos[b], gold), stat, paired=True, n_resamples=args.resamples,
+                        confidence_level=0.95, method="percentile", random_state=0, vectorized=False)
+        point = stat(cos[a], cos[b], gold)
+        return {"a": a, "b": b, "difference": point, "ci95": [res.confidence_interval.low,
+                                                              res.confidence_interval.high]}
+
+    comparisons = [diff("grace, rationale", "base, rationale"), diff("grace, rationale", "base, no rationale"),
+                   diff("grace, no rationale", "base, no rationale")]
+    for c in comparisons:
+        print(f"{c['a']} - {c['b']}: {c['difference']:+.2f} [95% {c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]")
+    out = {"pairs": len(pairs), "sentences": len(sentences), "system_prompt": settings.system_prompt,
+           "max_new_tokens": settings.max_new_tokens, "rows": rows, "paired_bootstrap": comparisons,
+           "grace": args.grace, "base": args.base}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
