@@ -273,3 +273,22 @@ def add_prompts(dataset: Dataset, mode: str, system_prompt: str | None = DEFAULT
         return {"prompt": build_messages(row[source], system_prompt, instruction)}
 
     return dataset.map(_prompt, desc="building GRACE prompts")
+
+
+def check_prompt_column(dataset, mode: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                        instruction: str | None = None) -> None:
+    """Refuse a ``prompt`` column that differs from the prompt GRACE builds from the row.
+
+    Anchors, the saved settings and the encoder all build the prompt from ``system_prompt`` and
+    ``instruction``; a precomputed prompt written under other settings would train one prompt and
+    score another. Such a column is refused rather than rebuilt, so nothing the user wrote is
+    silently replaced.
+    """
+    source = "positive" if mode == "supervised" else "text"
+    for i, row in enumerate(dataset):
+        expected = build_messages(row[source], system_prompt, instruction)
+        if row["prompt"] != expected:
+            raise DataValidationError(
+                f"row {i}, field 'prompt': differs from the prompt built from '{source}' with this config's "
+                f"system_prompt/instruction (expected {expected!r:.200}, got {row['prompt']!r:.200}); drop the "
+                "'prompt' column to let GRACE build it")
