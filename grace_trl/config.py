@@ -32,6 +32,8 @@ class GRACESettings:
     max_new_tokens: int = 256
     mode: str = "supervised"
     reward_variant: str = "effective"
+    # extra chat-template variables used in training (e.g. Qwen3's enable_thinking): part of the prompt
+    chat_template_kwargs: dict | None = None
 
     def save(self, directory: str) -> str:
         os.makedirs(directory, exist_ok=True)
@@ -149,6 +151,7 @@ class GRACEConfig(GRPOConfig):
             max_new_tokens=int(self.max_completion_length or 256),
             mode=self.mode,
             reward_variant=self.reward_variant,
+            chat_template_kwargs=dict(self.chat_template_kwargs) if self.chat_template_kwargs else None,
         )
 
     def reward_params(self) -> dict[str, Any]:

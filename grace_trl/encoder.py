@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .cache import CachedRationale, RationaleCache, make_key, model_fingerprint
 from .config import GRACESettings
+from .generation import ignoring_model_generation_config
 from .models import resolve_model_name
 from .pooling import POOLING_METHODS, embed_token_sequences, pool_span
 from .prompts import PromptEncoder
@@ -97,6 +98,8 @@ class HFRationaleGenerator:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         sample = temperature > 0
+        # Plain decoding, as the vLLM backend's explicit sampling parameters: nothing from the checkpoint's
+        # generation_config (repetition penalty, top-k ...) applies.
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=sample,
@@ -122,9 +125,10 @@ class HFRationaleGenerator:
                     seq = prompt_ids_list[i]
                     ids[r, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
                     attn[r, length - len(seq) :] = 1
-                gen = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config
-                )
+                with ignoring_model_generation_config(self.model):
+                    gen = self.model.generate(
+                        input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config
+                    )
                 for r, i in enumerate(idx):
                     out[i], _ = split_at_eos(gen[r, length:].tolist(), self.eos_ids)
         finally:
@@ -267,7 +271,8 @@ class GRACEEncoder:
         ins = self.settings.instruction if instruction is _UNSET else instruction
         key = (sp, ins)
         if key not in self._prompt_encoders:
-            self._prompt_encoders[key] = PromptEncoder(self.tokenizer, system_prompt=sp, instruction=ins)
+            self._prompt_encoders[key] = PromptEncoder(self.tokenizer, system_prompt=sp, instruction=ins,
+                                                       chat_template_kwargs=self.settings.chat_template_kwargs)
         return self._prompt_encoders[key]
 
     def _cache_key(self, prompt_ids: list[int], text: str, max_new_tokens: int, temperature: float, seed) -> str:

@@ -20,13 +20,12 @@ import tempfile
 from typing import Any, Mapping
 
 from .config import SETTINGS_FILE, GRACESettings
-from .prompts import build_messages
+from .prompts import CONTENT_SENTINEL, build_messages, template_around_content
 
 logger = logging.getLogger("grace_trl")
 
 ST_ROOT_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 PROMPT_NAME = "grace"
-_SENTINEL = "\u2063GRACE_TEXT\u2063"
 CITATION = """@article{grace2025,
   title   = {GRACE: Generative Representation Learning via Contrastive Policy Optimization},
   journal = {arXiv preprint arXiv:2510.04506},
@@ -37,13 +36,10 @@ CITATION = """@article{grace2025,
 
 def chat_prefix(tokenizer, settings: GRACESettings) -> str:
     """The rendered chat template up to the first character of the text (system prompt, instruction, header)."""
-    messages = build_messages(_SENTINEL, settings.system_prompt, settings.instruction)
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    cut = rendered.find(_SENTINEL)
-    if cut < 0:
-        raise ValueError("the tokenizer's chat template does not keep the user content verbatim; cannot build a "
-                         "sentence-transformers prompt for it")
-    return rendered[:cut]
+    messages = build_messages(CONTENT_SENTINEL, settings.system_prompt, settings.instruction)
+    head, _ = template_around_content(tokenizer, messages, settings.chat_template_kwargs)
+    # the instruction is part of the user content; the sentinel stands where the text itself starts
+    return head + messages[-1]["content"][: -len(CONTENT_SENTINEL)]
 
 
 def write_sentence_transformers_files(folder: str, settings: GRACESettings, max_seq_length: int = 512) -> None:

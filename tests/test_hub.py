@@ -249,3 +249,19 @@ def test_bad_results_file_fails_before_any_upload(fake_hub, checkpoint, tmp_path
     with pytest.raises(ValueError, match=r"results\['STSBenchmark'\]\['spearman'\] must be a number"):
         push_to_hub(str(checkpoint), "grace-org/grace-tiny", token=TOKEN, results=str(bad))
     assert fake_hub.requests == []
+
+
+def test_sentence_transformers_prefix_uses_the_chat_template_kwargs(smollm2_path):
+    from transformers import AutoTokenizer
+
+    from grace_trl.hub import chat_prefix
+    from grace_trl.prompts import PromptEncoder
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    tok.chat_template = "{% if persona is defined %}[{{ persona }}]{% endif %}" + tok.chat_template
+    settings = GRACESettings(instruction="Represent:", chat_template_kwargs={"persona": "analyst"})
+    prefix = chat_prefix(tok, settings)
+    assert prefix.startswith("[analyst]") and prefix.endswith("Represent:\n")
+    # the prefix is exactly the training prompt up to the text
+    enc = PromptEncoder(tok, settings.system_prompt, settings.instruction, settings.chat_template_kwargs)("A dog runs.")
+    assert tok.decode(enc.input_ids).startswith(prefix + "A dog runs.")

@@ -127,19 +127,6 @@ def test_two_steps_on_real_smollm2(tmp_path, smollm2_path):
     assert os.path.isfile(os.path.join(args.output_dir, "model.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def penalised_model_path(tmp_path_factory, tiny_model_path):
-    """The tiny model with a checkpoint generation_config that sets a strong repetition penalty (as Qwen2.5 sets 1.05)."""
-    import shutil
-
-    path = tmp_path_factory.mktemp("penalised") / "model"
-    shutil.copytree(tiny_model_path, path)
-    cfg = json.loads((path / "generation_config.json").read_text())
-    cfg.update(repetition_penalty=50.0, no_repeat_ngram_size=1)
-    (path / "generation_config.json").write_text(json.dumps(cfg))
-    return str(path)
-
-
 def _greedy(model, prompt_ids, max_new_tokens, eos, **rules):
     """Reference greedy decoding under explicitly given rules only (one prompt, no padding)."""
     from transformers import GenerationConfig

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
                    help="System prompt used for the length check ('none' for none); must match the recipe.")
     p.add_argument("--instruction", default=None, help="Instruction used for the length check; must match the recipe.")
+    p.add_argument("--chat-template-kwargs", type=json.loads, default=None,
+                   help="JSON chat-template variables for the length check (e.g. '{\"enable_thinking\": false}'); "
+                        "must match the recipe.")
     return p
 
 
@@ -51,11 +54,11 @@ def _texts(row: dict, mode: str) -> list[str]:
 
 
 def length_filter(rows: list[dict], mode: str, tokenizer, max_prompt_tokens: int, system_prompt: str | None,
-                  instruction: str | None) -> tuple[list[dict], list[int], int]:
+                  instruction: str | None, chat_template_kwargs: dict | None = None) -> tuple[list[dict], list[int], int]:
     """Rows whose every templated text fits; also the indices dropped and the longest prompt seen."""
     from tqdm.auto import tqdm
 
-    encoder = PromptEncoder(tokenizer, system_prompt, instruction)
+    encoder = PromptEncoder(tokenizer, system_prompt, instruction, chat_template_kwargs)
     kept, dropped, longest = [], [], 0
     for i, row in enumerate(tqdm(rows, desc="checking prompt lengths", unit="row")):
         length = max(len(encoder(t).input_ids) for t in _texts(row, mode))
@@ -101,7 +104,7 @@ def prepare(args: argparse.Namespace) -> dict:
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(args.tokenizer))
         rows, dropped, longest = length_filter(rows, args.mode, tokenizer, args.max_prompt_tokens, system_prompt,
-                                               args.instruction)
+                                               args.instruction, args.chat_template_kwargs)
         summary.update(dropped_too_long=len(dropped), longest_prompt_tokens=longest,
                        first_dropped_rows=dropped[:10])
         if not rows:
