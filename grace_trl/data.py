@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from datasets import Dataset
 
@@ -292,3 +292,35 @@ def check_prompt_column(dataset, mode: str, system_prompt: str | None = DEFAULT_
                 f"row {i}, field 'prompt': differs from the prompt built from '{source}' with this config's "
                 f"system_prompt/instruction (expected {expected!r:.200}, got {row['prompt']!r:.200}); drop the "
                 "'prompt' column to let GRACE build it")
+
+
+def check_embeddable(dataset, mode: str, encode: Callable[[str], Any], num_negatives: int | None = None,
+                     max_prompt_tokens: int | None = None) -> None:
+    """Build every text's prompt as training will (``encode`` is a :class:`~grace_trl.prompts.PromptEncoder`).
+
+    Catches, before any step runs, texts whose user content the chat template renders as nothing and
+    prompts that leave no room to generate within ``max_prompt_tokens`` (e.g. vLLM's context).
+    """
+    fields = ("query", "positive", "negatives") if mode == "supervised" else ("text",)
+    errors: list[str] = []
+    total = 0
+    for i, row in enumerate(dataset):
+        for field in fields:
+            values = row.get(field) or []
+            values = list(values)[:num_negatives] if field == "negatives" else [values]
+            for j, text in enumerate(values):
+                label = f"{field}[{j}]" if field == "negatives" else field
+                try:
+                    n_tokens = len(encode(text).input_ids)
+                except ValueError as err:
+                    problem = str(err)
+                else:
+                    if max_prompt_tokens is None or n_tokens < max_prompt_tokens:
+                        continue
+                    problem = (f"its prompt has {n_tokens} tokens, which leaves no room to generate within "
+                               f"{max_prompt_tokens}; shorten the text or raise the limit")
+                total += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append(f"row {i}, field '{label}': {problem}")
+    if total:
+        _raise(errors, total)

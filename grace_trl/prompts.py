@@ -56,14 +56,16 @@ def template_around_content(tokenizer, messages, chat_template_kwargs: dict | No
     return shell[:cut], shell[cut + len(CONTENT_SENTINEL):]
 
 
-def encode_prompt(tokenizer, messages, chat_template_kwargs: dict | None = None) -> EncodedPrompt:
+def encode_prompt(tokenizer, messages, chat_template_kwargs: dict | None = None,
+                  around: tuple[str, str] | None = None) -> EncodedPrompt:
     """Tokenize a chat with ``add_generation_prompt=True`` and locate the start of the user content.
 
     The content is what lies between the template's own text before and after it, so templates that
-    trim or otherwise rewrite the content (Llama-3 style ``| trim``) are handled too.
+    trim or otherwise rewrite the content (Llama-3 style ``| trim``) are handled too. ``around`` is
+    :func:`template_around_content` when the caller already has it.
     """
     rendered = render_prompt(tokenizer, messages, chat_template_kwargs)
-    head, tail = template_around_content(tokenizer, messages, chat_template_kwargs)
+    head, tail = around or template_around_content(tokenizer, messages, chat_template_kwargs)
     if not (rendered.startswith(head) and rendered.endswith(tail)) or len(rendered) <= len(head) + len(tail):
         raise ValueError("the chat template renders this text as nothing (or changes the text around it); there is "
                          "no user content to pool")
@@ -86,6 +88,7 @@ class PromptEncoder:
         self.instruction = instruction
         self.chat_template_kwargs = chat_template_kwargs
         self._cache: dict = {}
+        self._around: dict = {}  # template text around the content, per conversation before the last message
         self._max_cache = max_cache
 
     def messages(self, text: str):
@@ -97,7 +100,11 @@ class PromptEncoder:
         if hit is None:
             if len(self._cache) >= self._max_cache:
                 self._cache.clear()
-            hit = self._cache[key] = encode_prompt(self.tokenizer, messages, self.chat_template_kwargs)
+            around = self._around.get(key[:-1] + (key[-1][0],))
+            if around is None:
+                around = self._around[key[:-1] + (key[-1][0],)] = template_around_content(
+                    self.tokenizer, messages, self.chat_template_kwargs)
+            hit = self._cache[key] = encode_prompt(self.tokenizer, messages, self.chat_template_kwargs, around)
         return hit
 
     def __call__(self, text: str) -> EncodedPrompt:

@@ -23,7 +23,7 @@ from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from .config import GRACEConfig
-from .data import add_prompts, check_prompt_column, validate_dataset
+from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
 from .generation import ignoring_model_generation_config
 from .models import resolve_model_name
 from .pooling import embed_token_sequences, pool_span
@@ -83,6 +83,8 @@ class GRACETrainer(GRPOTrainer):
         self.prompt_encoder = PromptEncoder(tokenizer, args.system_prompt, args.instruction,
                                             self.args.chat_template_kwargs)
         self._grace_eos_ids = self._eos_ids(tokenizer)
+        self._check_embeddable(self.train_dataset)
+        self._check_embeddable(self.eval_dataset)
 
     # ------------------------------------------------------------------ data
     @staticmethod
@@ -98,6 +100,15 @@ class GRACETrainer(GRPOTrainer):
             else:
                 dataset = add_prompts(dataset, args.mode, args.system_prompt, args.instruction)
         return dataset
+
+    def _check_embeddable(self, dataset) -> None:
+        """Every text must give a prompt GRACE can pool (and vLLM can extend) before the first step runs."""
+        if isinstance(dataset, dict):
+            for part in dataset.values():
+                self._check_embeddable(part)
+        elif isinstance(dataset, Dataset):
+            limit = self.args.vllm_max_model_length if self.use_vllm else None
+            check_embeddable(dataset, self.args.mode, self.prompt_encoder, self.args.num_negatives, limit)
 
     def _eos_ids(self, tokenizer) -> list[int]:
         ids = getattr(self, "eos_token_ids", None)  # set by GRPOTrainer from the generation config

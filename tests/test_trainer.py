@@ -212,3 +212,40 @@ def test_prompt_column_must_match_the_configured_prompt(tmp_path, tiny_model_pat
     stale = data.add_column("prompt", [build_messages(p) for p in data["positive"]])  # the default system prompt
     with pytest.raises(ValueError, match="row 0, field 'prompt'"):
         GRACETrainer(tiny_model_path, args=config(tmp_path, system_prompt="Summarise."), train_dataset=stale)
+
+
+def _with_template(src, dst, template):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(src, dst)
+    tok = AutoTokenizer.from_pretrained(dst)
+    tok.chat_template = template
+    tok.save_pretrained(dst)
+    return str(dst)
+
+
+def test_template_that_trims_content_trains_on_padded_text(tmp_path, tiny_model_path):
+    from test_prompts import TRIM_TEMPLATE
+
+    path = _with_template(tiny_model_path, tmp_path / "trim", TRIM_TEMPLATE)
+    data = Dataset.from_dict({"text": [" leading space", "trailing newline\n", "  both  ", "plain"]})
+    trainer = GRACETrainer(path, args=config(tmp_path, mode="unsupervised"), train_dataset=data)
+    rows = next(iter(trainer.get_train_dataloader()))
+    out = trainer._generate_and_score_completions(rows)
+    assert out["prompt_ids"].shape[0] == 4
+    enc = trainer.prompt_encoder("  both  ")
+    assert trainer.grace_tokenizer.decode(enc.input_ids[enc.content_start:]).startswith("both<|eot_id|>")
+
+
+def test_text_the_template_cannot_embed_fails_before_training(tmp_path, tiny_model_path):
+    # a template that drops any user message mentioning a URL: such a row has no content to pool
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if 'http' not in m['content'] %}"
+                "{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    path = _with_template(tiny_model_path, tmp_path / "drop", template)
+    data = sup_rows()
+    data = Dataset.from_dict({**data.to_dict(), "negatives": [["n"], ["see http://x.org"], ["n"], ["n"]]})
+    with pytest.raises(ValueError, match=r"row 1, field 'negatives\[0\]': the chat template renders this text as"):
+        GRACETrainer(path, args=config(tmp_path), train_dataset=data)
