@@ -15,7 +15,7 @@ from typing import Any
 from trl import GRPOConfig
 
 from .pooling import POOLING_METHODS
-from .prompts import DEFAULT_SYSTEM_PROMPT
+from .prompts import DEFAULT_SYSTEM_PROMPT, normalize_system_prompt
 
 SETTINGS_FILE = "grace_config.json"
 MODES = ("supervised", "unsupervised")
@@ -132,8 +132,7 @@ class GRACEConfig(GRPOConfig):
             raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
         if self.anchor_temperature < 0:
             raise ValueError(f"anchor_temperature must be >= 0, got {self.anchor_temperature}")
-        if isinstance(self.system_prompt, str) and self.system_prompt.lower() in ("none", "null", ""):
-            self.system_prompt = None
+        self.system_prompt = normalize_system_prompt(self.system_prompt)
         super().__post_init__()
         per_process = self.per_device_train_batch_size * self.steps_per_generation
         if per_process % self.num_generations != 0:

@@ -15,6 +15,16 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+NO_SYSTEM_PROMPT = ("none", "null", "")
+
+
+def normalize_system_prompt(value: str | None) -> str | None:
+    """``None`` for "no system message", however a config or command line spells it ("none", "null", "")."""
+    if value is None or value.strip().lower() in NO_SYSTEM_PROMPT:
+        return None
+    return value
+
+
 def build_messages(text: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, instruction: str | None = None):
     """Chat messages for one text. ``instruction`` (e.g. a task description) is prepended to the text."""
     content = f"{instruction}\n{text}" if instruction else text

@@ -166,3 +166,13 @@ def test_eval_cli_system_prompt_from_needs_a_grace_checkpoint(tmp_path, capsys):
 
     assert main(["--model", "x", "--system-prompt-from", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
     assert "no grace_config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", "null", ""])
+def test_eval_system_prompt_none_means_no_system_prompt(spelling):
+    from argparse import Namespace
+
+    from grace_trl.evaluation.cli import resolve_system_prompt
+
+    assert resolve_system_prompt(Namespace(system_prompt=spelling, system_prompt_from=None)) == (True, None)
+    assert resolve_system_prompt(Namespace(system_prompt="Be brief.", system_prompt_from=None)) == (True, "Be brief.")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 from ..data import load_grace_dataset
-from ..prompts import DEFAULT_SYSTEM_PROMPT, PromptEncoder
+from ..prompts import DEFAULT_SYSTEM_PROMPT, PromptEncoder, normalize_system_prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def prepare(args: argparse.Namespace) -> dict:
         raise ValueError("--max-prompt-tokens and --tokenizer go together: the limit is counted in the policy's tokens")
     if not args.output.endswith(".jsonl"):
         raise ValueError(f"--output must be a .jsonl file, got {args.output!r}")
-    system_prompt = None if str(args.system_prompt).lower() in ("none", "null", "") else args.system_prompt
+    system_prompt = normalize_system_prompt(args.system_prompt)
     dataset = load_grace_dataset(
         args.input, mode=args.mode, column_mapping=args.column_mapping, split=args.split,
         dataset_config=args.dataset_config,

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="Rationale length (default: checkpoint setting).")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--system-prompt", default=None,
-                        help="System prompt for every causal LM instead of each checkpoint's own (use '' for none). "
+                        help="System prompt for every causal LM instead of each checkpoint's own ('none' or '' for none). "
                              "Compare a base model and a GRACE checkpoint under one prompt.")
     prompt.add_argument("--system-prompt-from", default=None, metavar="CHECKPOINT",
                         help="Use the system prompt saved in this checkpoint's grace_config.json for every causal LM.")
@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_system_prompt(args) -> tuple[bool, str | None]:
     """(override?, prompt) from --system-prompt / --system-prompt-from."""
     if args.system_prompt is not None:
-        return True, args.system_prompt or None
+        from ..prompts import normalize_system_prompt
+
+        return True, normalize_system_prompt(args.system_prompt)
     if args.system_prompt_from is not None:
         from ..config import GRACESettings
 
