@@ -236,9 +236,9 @@ class TrainingShape:
 
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any], prompt_tokens: int | None = None) -> "TrainingShape":
-        from .config import GRACEConfig
-
         from dataclasses import MISSING
+
+        from .config import GRACEConfig
 
         defaults = {f.name: f.default for f in fields(GRACEConfig) if f.default is not MISSING}
         values: dict[str, Any] = {}

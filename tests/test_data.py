@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from grace_trl.data import (DataValidationError, add_prompts, load_grace_dataset, parse_column_mapping,
-                            validate_dataset)
+from grace_trl.data import DataValidationError, add_prompts, load_grace_dataset, parse_column_mapping, validate_dataset
 
 
 def write_jsonl(path, rows):

@@ -12,7 +12,7 @@ import torch
 
 from grace_trl.config import GRACESettings
 from grace_trl.encoder import GRACEEncoder, HFRationaleGenerator, RationaleGenerator, split_at_eos
-from grace_trl.pooling import embed_token_sequences, pool_span
+from grace_trl.pooling import embed_token_sequences
 from grace_trl.prompts import PromptEncoder
 
 TEXTS = ["A man is playing a guitar.", "The stock market fell sharply on Monday.", "Cats sleep a lot.",
