@@ -95,7 +95,8 @@ class GRACEConfig(GRPOConfig):
     """
 
     mode: str = field(default="supervised", metadata={"help": "'supervised' or 'unsupervised'."})
-    system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "System message; None for none."})
+    system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT,
+                                      metadata={"help": "System message; None for none."})
     instruction: str | None = field(default=None, metadata={"help": "Task instruction prepended to each text."})
     pooling: str = field(default="mean", metadata={"help": "'mean', 'rationale' or 'last'."})
     lambda_consistency: float = field(default=0.2, metadata={"help": "λ1: intra-group consistency weight."})

@@ -93,7 +93,8 @@ def _read_local(path: Path) -> _Rows:
                 except json.JSONDecodeError as err:
                     raise DataValidationError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
                 if not isinstance(row, dict):
-                    raise DataValidationError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
+                    raise DataValidationError(f"{path}, line {line_no}: expected a JSON object, "
+                                              f"got {type(row).__name__}")
                 rows.append(row)
     elif suffix == ".json":
         with open(path, encoding="utf-8") as f:
@@ -108,7 +109,8 @@ def _read_local(path: Path) -> _Rows:
         with open(path, encoding="utf-8") as f:
             return _Rows([{"text": line.rstrip("\n")} for line in f if line.strip()], ["text"])
     else:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv, .tsv, .parquet or .txt")
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; "
+                         "expected .jsonl, .json, .csv, .tsv, .parquet or .txt")
     columns: dict[str, None] = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
@@ -131,7 +133,7 @@ def read_source(source: str, dataset_config: str | None = None, split: str = "tr
 
 def _resolve_mapping(columns: list[str], mode: str, mapping: dict[str, Any]) -> dict[str, Any]:
     if mode == "unsupervised":
-        column = mapping.get("text") or ("text" if "text" in columns else ("sentence" if "sentence" in columns else None))
+        column = mapping.get("text") or next((c for c in ("text", "sentence") if c in columns), None)
         if column is None:
             if len(columns) == 1:
                 column = columns[0]
@@ -154,14 +156,16 @@ def _resolve_mapping(columns: list[str], mode: str, mapping: dict[str, Any]) -> 
 
 def _check_text(value: Any, row: int, field: str, errors: list[str]) -> None:
     if not isinstance(value, str):
-        errors.append(f"row {row}, field '{field}': expected a non-empty string, got {type(value).__name__} {value!r:.60}")
+        errors.append(f"row {row}, field '{field}': expected a non-empty string, "
+                      f"got {type(value).__name__} {value!r:.60}")
     elif not value.strip():
         errors.append(f"row {row}, field '{field}': expected a non-empty string, got an empty string")
 
 
 def _raise(errors: list[str], total: int) -> None:
     more = f"\n  ... and {total - MAX_REPORTED_ERRORS} more" if total > MAX_REPORTED_ERRORS else ""
-    raise DataValidationError(f"{total} problem(s) in the training data:\n  " + "\n  ".join(errors[:MAX_REPORTED_ERRORS]) + more)
+    listed = "\n  ".join(errors[:MAX_REPORTED_ERRORS])
+    raise DataValidationError(f"{total} problem(s) in the training data:\n  {listed}{more}")
 
 
 def normalize_rows(rows: Iterable[Mapping[str, Any]], mode: str, mapping: dict[str, Any],

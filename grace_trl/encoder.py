@@ -45,7 +45,8 @@ class RationaleGenerator(Protocol):
     equals input order.
     """
 
-    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int, temperature: float = 0.0) -> list[list[int]]:
+    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int,
+                 temperature: float = 0.0) -> list[list[int]]:
         ...
 
 
@@ -90,7 +91,8 @@ class HFRationaleGenerator:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
 
     @torch.no_grad()
-    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int, temperature: float = 0.0) -> list[list[int]]:
+    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int,
+                 temperature: float = 0.0) -> list[list[int]]:
         from transformers import GenerationConfig
 
         if max_new_tokens < 1:
@@ -199,7 +201,8 @@ class GRACEEncoder:
             tokenizer.pad_token = tokenizer.eos_token
         self.settings = settings or GRACESettings()
         if self.settings.pooling not in POOLING_METHODS:
-            raise ValueError(f"grace_config.json: pooling must be one of {POOLING_METHODS}, got {self.settings.pooling!r}")
+            raise ValueError(f"grace_config.json: pooling must be one of {POOLING_METHODS}, "
+                             f"got {self.settings.pooling!r}")
         self.name_or_path = name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or "model"
         self.generator: RationaleGenerator = generator or HFRationaleGenerator(model, tokenizer)
         self.backend_name = backend_name or getattr(self.generator, "name", type(self.generator).__name__)
@@ -244,7 +247,8 @@ class GRACEEncoder:
             generator = HFRationaleGenerator(model, tokenizer, batch_size=generation_batch_size)
         elif backend == "vllm":
             if importlib.util.find_spec("vllm") is None:
-                raise ImportError("backend='vllm' needs the vllm package: pip install vllm on GPU, or scripts/setup_vllm_env.sh for the CPU build (see docs/vllm.md)")
+                raise ImportError("backend='vllm' needs the vllm package: pip install vllm on GPU, or "
+                                  "scripts/setup_vllm_env.sh for the CPU build (see docs/vllm.md)")
             from .vllm_backend import VLLMRationaleGenerator
 
             # the HF copy used for pooling shares the GPU, so vLLM must not claim 90% of it
@@ -302,7 +306,8 @@ class GRACEEncoder:
         prompts = [pe(t).input_ids for t in texts]
         # Sampling without a seed is not reproducible, so it is neither read from nor written to the cache.
         use_cache = self.cache is not None and (temperature == 0 or seed is not None)
-        keys = [self._cache_key(p, t, max_new_tokens, temperature, seed) for p, t in zip(prompts, texts)] if use_cache else []
+        keys = ([self._cache_key(p, t, max_new_tokens, temperature, seed) for p, t in zip(prompts, texts)]
+                if use_cache else [])
         results: list[Rationale | None] = [None] * len(texts)
         todo: list[int] = []
         if use_cache:

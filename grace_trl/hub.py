@@ -51,7 +51,8 @@ def write_sentence_transformers_files(folder: str, settings: GRACESettings, max_
     # (no GRACE system prompt) and could not exclude the prefix from pooling. add_special_tokens=False: the chat
     # prefix already carries BOS where the template wants one, exactly as training tokenizes it.
     transformer = Transformer(folder, max_seq_length=max_seq_length,
-                              modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                              modality_config={"text": {"method": "forward",
+                                                        "method_output_name": "last_hidden_state"}},
                               module_output_name="token_embeddings",
                               processing_kwargs={"text": {"add_special_tokens": False}})
     prefix = chat_prefix(transformer.tokenizer, settings)
@@ -156,7 +157,8 @@ def model_card(repo_id: str, settings: GRACESettings, base_model: str | None = N
         lines += ["## Evaluation", "", "| task | " + " | ".join(metrics) + " |",
                   "|---|" + "---|" * len(metrics)]
         for task, values in results.items():
-            lines.append(f"| {task} | " + " | ".join(f"{values[m]:.4f}" if m in values else "" for m in metrics) + " |")
+            cells = " | ".join(f"{values[m]:.4f}" if m in values else "" for m in metrics)
+            lines.append(f"| {task} | {cells} |")
         lines.append("")
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)

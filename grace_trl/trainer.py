@@ -139,7 +139,8 @@ class GRACETrainer(GRPOTrainer):
         """One rationale per anchor prompt at ``anchor_temperature`` (HF generate)."""
         if not prompt_ids:
             return []
-        pad = self.grace_tokenizer.pad_token_id if self.grace_tokenizer.pad_token_id is not None else self._grace_eos_ids[0]
+        pad = self.grace_tokenizer.pad_token_id
+        pad = pad if pad is not None else self._grace_eos_ids[0]
         width = max(len(p) for p in prompt_ids)
         ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
@@ -157,7 +158,8 @@ class GRACETrainer(GRPOTrainer):
         return completions
 
     def _anchor_generation_kwargs(self, pad: int) -> dict:
-        """The rollouts' generation settings (TRL's, with the user's ``generation_kwargs``) at the anchor temperature."""
+        """The rollouts' generation settings (TRL's, with the user's ``generation_kwargs``) at the anchor
+        temperature."""
         kwargs = dict(getattr(self, "generation_kwargs", None) or {})
         temperature = float(self.args.anchor_temperature)
         sample = temperature > 0
@@ -225,7 +227,8 @@ class GRACETrainer(GRPOTrainer):
                 spans.append(pool_span(len(enc.input_ids), enc.content_start, len(comp), self.args.pooling))
             vectors = self.compute_embeddings(unwrapped, sequences, spans)
         if vectors.shape[0] != len(sequences):
-            raise RuntimeError(f"compute_embeddings returned {vectors.shape[0]} vectors for {len(sequences)} sequences")
+            raise RuntimeError(f"compute_embeddings returned {vectors.shape[0]} vectors for {len(sequences)} "
+                               "sequences")
         device = self.accelerator.device
         vectors = vectors.to(device, torch.float32)
         policy_local = vectors[:n_local]

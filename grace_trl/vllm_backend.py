@@ -224,7 +224,8 @@ def generate_anchor_ids_vllm(
         from trl.extras.profiling import profiling_context
 
         _, completion_ids, _, _ = vg.generate(
-            prompts=padded, images=None, num_generations=1, profiler=profiling_context(trainer, "vLLM.generate_anchors")
+            prompts=padded, images=None, num_generations=1,
+            profiler=profiling_context(trainer, "vLLM.generate_anchors"),
         )
     finally:
         vg.temperature, vg.max_completion_length, vg.logprobs, vg.generation_kwargs = saved

@@ -53,7 +53,7 @@ def tiny_model_path(tmp_path_factory, smollm2_path) -> str:
 
 @pytest.fixture(scope="session")
 def penalised_model_path(tmp_path_factory, tiny_model_path):
-    """The tiny model with a checkpoint generation_config that sets a strong repetition penalty (as Qwen2.5 sets 1.05)."""
+    """The tiny model whose checkpoint generation_config sets a strong repetition penalty (Qwen2.5 sets 1.05)."""
     import json
     import shutil
 

@@ -54,7 +54,8 @@ def test_two_processes_align_anchors_and_match_a_single_process_replay(tmp_path,
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(ROOT / "tests" / "support" / "alignment_run.py"), tiny_model_path, str(out), "2", "2"]
+           str(_free_port()), str(ROOT / "tests" / "support" / "alignment_run.py"), tiny_model_path, str(out),
+           "2", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]

@@ -14,7 +14,8 @@ def test_key_depends_on_every_part():
     base = dict(model="m", prompt="p", text="t", max_new_tokens=16, temperature=0.0)
     key = make_key(**base)
     assert key == make_key(**dict(reversed(list(base.items()))))  # order-independent
-    for field, other in [("model", "m2"), ("prompt", "p2"), ("text", "t2"), ("max_new_tokens", 17), ("temperature", 0.5)]:
+    changes = [("model", "m2"), ("prompt", "p2"), ("text", "t2"), ("max_new_tokens", 17), ("temperature", 0.5)]
+    for field, other in changes:
         assert make_key(**{**base, field: other}) != key, field
 
 

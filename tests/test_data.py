@@ -35,7 +35,8 @@ def test_column_mapping_parsing():
 
 def test_several_negative_columns_and_list_column(tmp_path):
     rows = [{"q": "a b", "p": "c d", "n1": "e", "n2": "f"}]
-    ds = load_grace_dataset(write_jsonl(tmp_path / "x.jsonl", rows), column_mapping="query=q,positive=p,negatives=n1+n2")
+    ds = load_grace_dataset(write_jsonl(tmp_path / "x.jsonl", rows),
+                            column_mapping="query=q,positive=p,negatives=n1+n2")
     assert ds[0]["negatives"] == ["e", "f"]
     rows = [{"query": "a", "positive": "b", "negatives": ["c", "d"]}]
     assert load_grace_dataset(write_jsonl(tmp_path / "y.jsonl", rows))[0]["negatives"] == ["c", "d"]

@@ -159,7 +159,8 @@ def test_cache_skips_generation_and_recovers(tiny_model_path, tmp_path):
 def test_reads_grace_config_from_checkpoint(tiny_model_path, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_model_path, ckpt)
-    GRACESettings(system_prompt=None, instruction="Represent this sentence:", pooling="last", max_new_tokens=3).save(str(ckpt))
+    GRACESettings(system_prompt=None, instruction="Represent this sentence:", pooling="last",
+                  max_new_tokens=3).save(str(ckpt))
     enc = GRACEEncoder.from_pretrained(str(ckpt), device="cpu")
     assert enc.settings.pooling == "last" and enc.settings.max_new_tokens == 3
     v, rats = enc.encode(TEXTS[:2], return_rationales=True, show_progress_bar=False)
@@ -233,7 +234,7 @@ def test_interrupted_generation_keeps_finished_chunks(tiny_model_path, tmp_path)
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_vllm_backend_encodes_like_the_hf_path(penalised_model_path):
-    """Both backends write the same greedy rationale and give the same vectors, whatever generation_config.json says."""
+    """Both backends write the same greedy rationale and vectors, whatever generation_config.json says."""
     pytest.importorskip("vllm")
     texts = ["A man is playing a guitar.", "The stock market crashed."]
     hf = GRACEEncoder.from_pretrained(penalised_model_path, device="cpu")

@@ -82,7 +82,8 @@ def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, t
 
     out = tmp_path / "eval"
     rc = main(["--model", f"tiny={tiny_model_path}", "--with-and-without-rationale", "--tasks",
-               "STSBenchmark,SciFact,Banking77", "--limit", "6", "--scifact-distractors", "6", "--samples-per-label", "1",
+               "STSBenchmark,SciFact,Banking77", "--limit", "6", "--scifact-distractors", "6",
+               "--samples-per-label", "1",
                "--max-new-tokens", "2", "--batch-size", "32", "--samples", "2", "--data-dir", str(shared_data),
                "--output-dir", str(out)])
     assert rc == 0

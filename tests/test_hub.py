@@ -224,9 +224,9 @@ def test_push_sends_the_folder_through_the_hub_http_api(fake_hub, checkpoint, tm
 
     header = fake_hub.commit_lines[0]
     assert header["key"] == "header" and header["value"]["summary"] == "GRACE tiny"
-    regular = {l["value"]["path"]: base64.b64decode(l["value"]["content"]) for l in fake_hub.commit_lines
-               if l["key"] == "file"}
-    lfs = {l["value"]["path"]: l["value"]["oid"] for l in fake_hub.commit_lines if l["key"] == "lfsFile"}
+    regular = {line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in fake_hub.commit_lines
+               if line["key"] == "file"}
+    lfs = {line["value"]["path"]: line["value"]["oid"] for line in fake_hub.commit_lines if line["key"] == "lfsFile"}
     expected_dir = Path(prepare_hub_folder(str(checkpoint), str(tmp_path / "expected"), "grace-org/grace-tiny"))
     expected = {str(p.relative_to(expected_dir)): p.read_bytes() for p in expected_dir.rglob("*") if p.is_file()}
     assert set(regular) | set(lfs) == set(expected)
@@ -263,5 +263,6 @@ def test_sentence_transformers_prefix_uses_the_chat_template_kwargs(smollm2_path
     prefix = chat_prefix(tok, settings)
     assert prefix.startswith("[analyst]") and prefix.endswith("Represent:\n")
     # the prefix is exactly the training prompt up to the text
-    enc = PromptEncoder(tok, settings.system_prompt, settings.instruction, settings.chat_template_kwargs)("A dog runs.")
+    pe = PromptEncoder(tok, settings.system_prompt, settings.instruction, settings.chat_template_kwargs)
+    enc = pe("A dog runs.")
     assert tok.decode(enc.input_ids).startswith(prefix + "A dog runs.")

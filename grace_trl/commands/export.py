@@ -62,7 +62,8 @@ def _copy_settings(checkpoint: str, output: str) -> bool:
     if os.path.isfile(src):
         shutil.copy2(src, os.path.join(output, SETTINGS_FILE))
         return True
-    logger.warning("%s has no %s: encoders will fall back to GRACE's default prompt settings", checkpoint, SETTINGS_FILE)
+    logger.warning("%s has no %s: encoders will fall back to GRACE's default prompt settings", checkpoint,
+                   SETTINGS_FILE)
     return False
 
 
@@ -138,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--merge", action="store_true", help="Merge a LoRA adapter into the base weights (default).")
     group.add_argument("--adapter", action="store_true", help="Export the LoRA adapter only.")
     p.add_argument("--base-model", default=None,
-                   help="Base model of the adapter (default: adapter_config.json); with --adapter it is written there.")
+                   help="Base model of the adapter (default: adapter_config.json); "
+                        "with --adapter it is written there.")
     p.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype of the merged weights (default: the base checkpoint's).")
     p.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output.")

@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grace-trl prepare-data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True,
-                   help="Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample name or a Hub dataset id.")
+                   help="Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample name "
+                        "or a Hub dataset id.")
     p.add_argument("--output", required=True, help="Output .jsonl (query/positive/negatives or text per line).")
     p.add_argument("--mode", choices=("supervised", "unsupervised"), default="supervised")
     p.add_argument("--column-mapping", default=None,
@@ -54,7 +55,8 @@ def _texts(row: dict, mode: str) -> list[str]:
 
 
 def length_filter(rows: list[dict], mode: str, tokenizer, max_prompt_tokens: int, system_prompt: str | None,
-                  instruction: str | None, chat_template_kwargs: dict | None = None) -> tuple[list[dict], list[int], int]:
+                  instruction: str | None,
+                  chat_template_kwargs: dict | None = None) -> tuple[list[dict], list[int], int]:
     """Rows whose every templated text fits; also the indices dropped and the longest prompt seen."""
     from tqdm.auto import tqdm
 
@@ -87,7 +89,8 @@ def write_jsonl(rows: list[dict], path: str) -> None:
 
 def prepare(args: argparse.Namespace) -> dict:
     if (args.max_prompt_tokens is None) != (args.tokenizer is None):
-        raise ValueError("--max-prompt-tokens and --tokenizer go together: the limit is counted in the policy's tokens")
+        raise ValueError("--max-prompt-tokens and --tokenizer go together: the limit is counted in the "
+                         "policy's tokens")
     if not args.output.endswith(".jsonl"):
         raise ValueError(f"--output must be a .jsonl file, got {args.output!r}")
     system_prompt = normalize_system_prompt(args.system_prompt)
