@@ -181,7 +181,7 @@ def prepare_hub_folder(checkpoint_dir: str, output_dir: str, repo_id: str = "gra
     """Write the folder that :func:`push_to_hub` uploads. A LoRA checkpoint is merged first."""
     from transformers import AutoTokenizer
 
-    from .commands.export import adapter_base_model, export_checkpoint, is_adapter_checkpoint
+    from .export import adapter_base_model, export_checkpoint, is_adapter_checkpoint
 
     if is_adapter_checkpoint(checkpoint_dir):
         base_model = base_model or adapter_base_model(checkpoint_dir)
