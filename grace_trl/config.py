@@ -14,6 +14,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from .files import atomic_write
 from .pooling import POOLING_METHODS
 from .prompts import DEFAULT_SYSTEM_PROMPT, normalize_system_prompt
 
@@ -36,12 +37,9 @@ class GRACESettings:
     chat_template_kwargs: dict | None = None
 
     def save(self, directory: str) -> str:
-        os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, SETTINGS_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(path) as f:
             json.dump(asdict(self), f, indent=2)
-        os.replace(tmp, path)
         return path
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 
 import pytest
 
@@ -113,3 +114,15 @@ def test_model_fingerprint_tracks_weights(tiny_model_path):
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.view(-1)[0] += 1e-3
     assert model_fingerprint(model) != fp
+
+
+def test_settings_save_failure_leaves_no_file(tmp_path):
+    from grace_trl.config import GRACESettings
+
+    with pytest.raises(TypeError):
+        GRACESettings(chat_template_kwargs={"not_json": object()}).save(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    path = GRACESettings(pooling="last").save(str(tmp_path))
+    with pytest.raises(TypeError):  # a failed rewrite keeps the previous file whole
+        GRACESettings(chat_template_kwargs={"not_json": object()}).save(str(tmp_path))
+    assert GRACESettings.load(str(tmp_path)).pooling == "last" and os.listdir(tmp_path) == [os.path.basename(path)]

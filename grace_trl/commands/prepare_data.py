@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 
 from ..data import load_grace_dataset
+from ..files import atomic_write
 from ..prompts import DEFAULT_SYSTEM_PROMPT, PromptEncoder, normalize_system_prompt
 
 
@@ -74,17 +73,9 @@ def length_filter(rows: list[dict], mode: str, tokenizer, max_prompt_tokens: int
 
 def write_jsonl(rows: list[dict], path: str) -> None:
     """Written to a temporary file then renamed, so a crash never leaves a truncated dataset behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".prepare-", suffix=".jsonl", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def prepare(args: argparse.Namespace) -> dict:
