@@ -142,7 +142,8 @@ def main(argv=None) -> int:
         proc.start()
         proc.join()
         if proc.exitcode != 0 or q.empty():
-            raise RuntimeError(f"benchmark variant {variant!r} failed (exit code {proc.exitcode}); see the error above")
+            raise RuntimeError(f"benchmark variant {variant!r} failed (exit code {proc.exitcode}); "
+                               "see the error above")
         results[variant] = q.get()
         print(f"{variant:<11} mean step {results[variant]['mean_step_s']:.2f} s  "
               f"steps {[round(s, 2) for s in results[variant]['step_s']]}  peak RSS "

@@ -76,7 +76,7 @@ def bench_hf(model_path, dtype, prompts, max_new_tokens, batch_size, pad_id, rep
             tokens += run(prompts[b:b + step])
         elapsed = time.perf_counter() - t0
         best = (tokens, elapsed) if best is None or elapsed < best[1] else best
-    del model
+    model = None  # release the weights before the next backend loads
     return best
 
 
@@ -101,7 +101,8 @@ def bench_encode(model, backend, texts, max_new_tokens, batch_size, dtype):
     """Texts/s of ``GRACEEncoder.encode`` with rationales (no cache); returns (texts, seconds, tokens)."""
     from grace_trl.encoder import GRACEEncoder
 
-    kwargs = {"backend_kwargs": {"dtype": str(dtype).replace("torch.", ""), "max_model_len": 1024}} if backend == "vllm" else {}
+    kwargs = ({"backend_kwargs": {"dtype": str(dtype).replace("torch.", ""), "max_model_len": 1024}}
+              if backend == "vllm" else {})
     # same dtype for both: generation and pooling both run in it
     enc = GRACEEncoder.from_pretrained(model, backend=backend, generation_batch_size=batch_size, dtype=dtype, **kwargs)
     enc.encode(texts[:2], batch_size=batch_size, max_new_tokens=8, show_progress_bar=False)  # warm-up

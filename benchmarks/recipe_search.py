@@ -97,7 +97,8 @@ def write_tables(rows: list[dict]) -> None:
           "`steps_per_generation` 1, lr 5e-6) plus the overrides shown; `default` is that recipe unchanged. "
           "`tau=1e6 truncation_penalty=0` makes every reward ~0 (no policy-gradient signal): the InfoNCE term alone.",
           "",
-          "| name | overrides | train min | optimiser steps | rollouts generated | dev Spearman (rationale) | dev Spearman (no rationale) "
+          "| name | overrides | train min | optimiser steps | rollouts generated | dev Spearman (rationale) "
+          "| dev Spearman (no rationale) "
           "| rationale len | truncated | last reward | peak RSS MiB |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
         tail = curve[-10:]
         mean = lambda key: sum(float(r[key]) for r in tail if r.get(key)) / max(1, sum(1 for r in tail if r.get(key)))  # noqa: E731
         append_row({"name": name, "recipe": recipe_file,
-                    "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()) + (" " + args.extra if args.extra else ""),
+                    "overrides": " ".join([f"{k}={v}" for k, v in overrides.items()] + args.extra.split()),
                     "minutes_budget": args.minutes, "train_minutes": fmt(minutes, 1),
                     "steps": int(curve[-1]["step"]) if curve else 0,  # optimiser steps
                     "rollouts": len(curve) * per_step * spg, "dev_pairs": args.dev_pairs,

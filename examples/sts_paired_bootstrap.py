@@ -33,7 +33,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model-a", required=True)
     p.add_argument("--model-b", required=True)
-    p.add_argument("--limit", type=int, default=None, help="pairs sampled as in `grace-trl eval --limit` (all if unset)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="pairs sampled as in `grace-trl eval --limit` (all if unset)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-new-tokens", type=int, default=64)

@@ -98,7 +98,8 @@ def train_cl(config: CLConfig):
 
 
 def _parse(argv: list[str] | None) -> CLConfig:
-    parser = argparse.ArgumentParser(prog="python -m grace_trl.baselines", description="Train the contrastive (CL) baseline.")
+    parser = argparse.ArgumentParser(prog="python -m grace_trl.baselines",
+                                     description="Train the contrastive (CL) baseline.")
     parser.add_argument("--config", help="YAML recipe with CLConfig keys; command-line flags override it.")
     for f in fields(CLConfig):
         kind = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes")}.get(

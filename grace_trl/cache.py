@@ -19,10 +19,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -136,16 +137,8 @@ class RationaleCache:
             "checksum": _payload_checksum(payload),
             "meta": meta or {},
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(entry, ensure_ascii=False).encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            self._remove(Path(tmp))
-            raise
+        with atomic_write(path, "wb") as f:
+            f.write(json.dumps(entry, ensure_ascii=False).encode("utf-8"))
         return path
 
     def __contains__(self, key: str) -> bool:

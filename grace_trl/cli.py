@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 # OMP_WAIT_POLICY is set in grace_trl/__init__.py, before torch is imported.

@@ -20,8 +20,9 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from .files import atomic_write
 from .pooling import POOLING_METHODS
-from .prompts import DEFAULT_SYSTEM_PROMPT
+from .prompts import DEFAULT_SYSTEM_PROMPT, normalize_system_prompt
 
 SETTINGS_FILE = "grace_config.json"
 MODES = ("supervised", "unsupervised")
@@ -38,14 +39,13 @@ class GRACESettings:
     max_new_tokens: int = 256
     mode: str = "supervised"
     reward_variant: str = "effective"
+    # extra chat-template variables used in training (e.g. Qwen3's enable_thinking): part of the prompt
+    chat_template_kwargs: dict | None = None
 
     def save(self, directory: str) -> str:
-        os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, SETTINGS_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(path) as f:
             json.dump(asdict(self), f, indent=2)
-        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -126,7 +126,8 @@ class GRACEConfig(GRPOConfig):
     """
 
     mode: str = field(default="supervised", metadata={"help": "'supervised' or 'unsupervised'."})
-    system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "System message; None for none."})
+    system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT,
+                                      metadata={"help": "System message; None for none."})
     instruction: str | None = field(default=None, metadata={"help": "Task instruction prepended to each text."})
     pooling: str = field(default="mean", metadata={"help": "'mean', 'rationale' or 'last'."})
     lambda_consistency: float = field(default=0.2, metadata={"help": "λ1: intra-group consistency weight."})
@@ -188,11 +189,11 @@ class GRACEConfig(GRPOConfig):
             from .evaluation.evaluators import EVALUATOR_NAMES
 
             if self.embedding_evaluator not in EVALUATOR_NAMES:
-                raise ValueError(f"embedding_evaluator must be one of {EVALUATOR_NAMES}, got {self.embedding_evaluator!r}")
+                raise ValueError(
+                    f"embedding_evaluator must be one of {EVALUATOR_NAMES}, got {self.embedding_evaluator!r}")
         if self.anchor_temperature < 0:
             raise ValueError(f"anchor_temperature must be >= 0, got {self.anchor_temperature}")
-        if isinstance(self.system_prompt, str) and self.system_prompt.lower() in ("none", "null", ""):
-            self.system_prompt = None
+        self.system_prompt = normalize_system_prompt(self.system_prompt)
         super().__post_init__()
         per_process = self.per_device_train_batch_size * self.steps_per_generation
         if per_process % self.num_generations != 0:
@@ -210,6 +211,7 @@ class GRACEConfig(GRPOConfig):
             max_new_tokens=int(self.max_completion_length or 256),
             mode=self.mode,
             reward_variant=self.reward_variant,
+            chat_template_kwargs=dict(self.chat_template_kwargs) if self.chat_template_kwargs else None,
         )
 
     def reward_params(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from datasets import Dataset
 
@@ -93,7 +93,8 @@ def _read_local(path: Path) -> _Rows:
                 except json.JSONDecodeError as err:
                     raise DataValidationError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
                 if not isinstance(row, dict):
-                    raise DataValidationError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
+                    raise DataValidationError(f"{path}, line {line_no}: expected a JSON object, "
+                                              f"got {type(row).__name__}")
                 rows.append(row)
     elif suffix == ".json":
         with open(path, encoding="utf-8") as f:
@@ -108,7 +109,8 @@ def _read_local(path: Path) -> _Rows:
         with open(path, encoding="utf-8") as f:
             return _Rows([{"text": line.rstrip("\n")} for line in f if line.strip()], ["text"])
     else:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv, .tsv, .parquet or .txt")
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; "
+                         "expected .jsonl, .json, .csv, .tsv, .parquet or .txt")
     columns: dict[str, None] = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
@@ -131,7 +133,7 @@ def read_source(source: str, dataset_config: str | None = None, split: str = "tr
 
 def _resolve_mapping(columns: list[str], mode: str, mapping: dict[str, Any]) -> dict[str, Any]:
     if mode == "unsupervised":
-        column = mapping.get("text") or ("text" if "text" in columns else ("sentence" if "sentence" in columns else None))
+        column = mapping.get("text") or next((c for c in ("text", "sentence") if c in columns), None)
         if column is None:
             if len(columns) == 1:
                 column = columns[0]
@@ -154,14 +156,16 @@ def _resolve_mapping(columns: list[str], mode: str, mapping: dict[str, Any]) -> 
 
 def _check_text(value: Any, row: int, field: str, errors: list[str]) -> None:
     if not isinstance(value, str):
-        errors.append(f"row {row}, field '{field}': expected a non-empty string, got {type(value).__name__} {value!r:.60}")
+        errors.append(f"row {row}, field '{field}': expected a non-empty string, "
+                      f"got {type(value).__name__} {value!r:.60}")
     elif not value.strip():
         errors.append(f"row {row}, field '{field}': expected a non-empty string, got an empty string")
 
 
 def _raise(errors: list[str], total: int) -> None:
     more = f"\n  ... and {total - MAX_REPORTED_ERRORS} more" if total > MAX_REPORTED_ERRORS else ""
-    raise DataValidationError(f"{total} problem(s) in the training data:\n  " + "\n  ".join(errors[:MAX_REPORTED_ERRORS]) + more)
+    listed = "\n  ".join(errors[:MAX_REPORTED_ERRORS])
+    raise DataValidationError(f"{total} problem(s) in the training data:\n  {listed}{more}")
 
 
 def normalize_rows(rows: Iterable[Mapping[str, Any]], mode: str, mapping: dict[str, Any],
@@ -273,3 +277,54 @@ def add_prompts(dataset: Dataset, mode: str, system_prompt: str | None = DEFAULT
         return {"prompt": build_messages(row[source], system_prompt, instruction)}
 
     return dataset.map(_prompt, desc="building GRACE prompts")
+
+
+def check_prompt_column(dataset, mode: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                        instruction: str | None = None) -> None:
+    """Refuse a ``prompt`` column that differs from the prompt GRACE builds from the row.
+
+    Anchors, the saved settings and the encoder all build the prompt from ``system_prompt`` and
+    ``instruction``; a precomputed prompt written under other settings would train one prompt and
+    score another. Such a column is refused rather than rebuilt, so nothing the user wrote is
+    silently replaced.
+    """
+    source = "positive" if mode == "supervised" else "text"
+    for i, row in enumerate(dataset):
+        expected = build_messages(row[source], system_prompt, instruction)
+        if row["prompt"] != expected:
+            raise DataValidationError(
+                f"row {i}, field 'prompt': differs from the prompt built from '{source}' with this config's "
+                f"system_prompt/instruction (expected {expected!r:.200}, got {row['prompt']!r:.200}); drop the "
+                "'prompt' column to let GRACE build it")
+
+
+def check_embeddable(dataset, mode: str, encode: Callable[[str], Any], num_negatives: int | None = None,
+                     max_prompt_tokens: int | None = None) -> None:
+    """Build every text's prompt as training will (``encode`` is a :class:`~grace_trl.prompts.PromptEncoder`).
+
+    Catches, before any step runs, texts whose user content the chat template renders as nothing and
+    prompts that leave no room to generate within ``max_prompt_tokens`` (e.g. vLLM's context).
+    """
+    fields = ("query", "positive", "negatives") if mode == "supervised" else ("text",)
+    errors: list[str] = []
+    total = 0
+    for i, row in enumerate(dataset):
+        for field in fields:
+            values = row.get(field) or []
+            values = list(values)[:num_negatives] if field == "negatives" else [values]
+            for j, text in enumerate(values):
+                label = f"{field}[{j}]" if field == "negatives" else field
+                try:
+                    n_tokens = len(encode(text).input_ids)
+                except ValueError as err:
+                    problem = str(err)
+                else:
+                    if max_prompt_tokens is None or n_tokens < max_prompt_tokens:
+                        continue
+                    problem = (f"its prompt has {n_tokens} tokens, which leaves no room to generate within "
+                               f"{max_prompt_tokens}; shorten the text or raise the limit")
+                total += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append(f"row {i}, field '{label}': {problem}")
+    if total:
+        _raise(errors, total)

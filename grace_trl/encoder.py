@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .cache import CachedRationale, RationaleCache, make_key, model_fingerprint
 from .config import GRACESettings
+from .generation import ignoring_model_generation_config
 from .models import resolve_model_name
 from .pooling import POOLING_METHODS, embed_token_sequences, pool_span
 from .prompts import PromptEncoder
@@ -44,7 +45,8 @@ class RationaleGenerator(Protocol):
     equals input order.
     """
 
-    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int, temperature: float = 0.0) -> list[list[int]]:
+    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int,
+                 temperature: float = 0.0) -> list[list[int]]:
         ...
 
 
@@ -89,7 +91,8 @@ class HFRationaleGenerator:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
 
     @torch.no_grad()
-    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int, temperature: float = 0.0) -> list[list[int]]:
+    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int,
+                 temperature: float = 0.0) -> list[list[int]]:
         from transformers import GenerationConfig
 
         if max_new_tokens < 1:
@@ -97,6 +100,8 @@ class HFRationaleGenerator:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         sample = temperature > 0
+        # Plain decoding, as the vLLM backend's explicit sampling parameters: nothing from the checkpoint's
+        # generation_config (repetition penalty, top-k ...) applies.
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=sample,
@@ -122,9 +127,10 @@ class HFRationaleGenerator:
                     seq = prompt_ids_list[i]
                     ids[r, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
                     attn[r, length - len(seq) :] = 1
-                gen = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config
-                )
+                with ignoring_model_generation_config(self.model):
+                    gen = self.model.generate(
+                        input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config
+                    )
                 for r, i in enumerate(idx):
                     out[i], _ = split_at_eos(gen[r, length:].tolist(), self.eos_ids)
         finally:
@@ -195,7 +201,8 @@ class GRACEEncoder:
             tokenizer.pad_token = tokenizer.eos_token
         self.settings = settings or GRACESettings()
         if self.settings.pooling not in POOLING_METHODS:
-            raise ValueError(f"grace_config.json: pooling must be one of {POOLING_METHODS}, got {self.settings.pooling!r}")
+            raise ValueError(f"grace_config.json: pooling must be one of {POOLING_METHODS}, "
+                             f"got {self.settings.pooling!r}")
         self.name_or_path = name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or "model"
         self.generator: RationaleGenerator = generator or HFRationaleGenerator(model, tokenizer)
         self.backend_name = backend_name or getattr(self.generator, "name", type(self.generator).__name__)
@@ -240,7 +247,8 @@ class GRACEEncoder:
             generator = HFRationaleGenerator(model, tokenizer, batch_size=generation_batch_size)
         elif backend == "vllm":
             if importlib.util.find_spec("vllm") is None:
-                raise ImportError("backend='vllm' needs the vllm package: pip install vllm on GPU, or scripts/setup_vllm_env.sh for the CPU build (see docs/vllm.md)")
+                raise ImportError("backend='vllm' needs the vllm package: pip install vllm on GPU, or "
+                                  "scripts/setup_vllm_env.sh for the CPU build (see docs/vllm.md)")
             from .vllm_backend import VLLMRationaleGenerator
 
             # the HF copy used for pooling shares the GPU, so vLLM must not claim 90% of it
@@ -267,7 +275,8 @@ class GRACEEncoder:
         ins = self.settings.instruction if instruction is _UNSET else instruction
         key = (sp, ins)
         if key not in self._prompt_encoders:
-            self._prompt_encoders[key] = PromptEncoder(self.tokenizer, system_prompt=sp, instruction=ins)
+            self._prompt_encoders[key] = PromptEncoder(self.tokenizer, system_prompt=sp, instruction=ins,
+                                                       chat_template_kwargs=self.settings.chat_template_kwargs)
         return self._prompt_encoders[key]
 
     def _cache_key(self, prompt_ids: list[int], text: str, max_new_tokens: int, temperature: float, seed) -> str:
@@ -297,7 +306,8 @@ class GRACEEncoder:
         prompts = [pe(t).input_ids for t in texts]
         # Sampling without a seed is not reproducible, so it is neither read from nor written to the cache.
         use_cache = self.cache is not None and (temperature == 0 or seed is not None)
-        keys = [self._cache_key(p, t, max_new_tokens, temperature, seed) for p, t in zip(prompts, texts)] if use_cache else []
+        keys = ([self._cache_key(p, t, max_new_tokens, temperature, seed) for p, t in zip(prompts, texts)]
+                if use_cache else [])
         results: list[Rationale | None] = [None] * len(texts)
         todo: list[int] = []
         if use_cache:

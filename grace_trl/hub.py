@@ -20,13 +20,12 @@ import tempfile
 from typing import Any, Mapping
 
 from .config import SETTINGS_FILE, GRACESettings
-from .prompts import build_messages
+from .prompts import CONTENT_SENTINEL, build_messages, template_around_content
 
 logger = logging.getLogger("grace_trl")
 
 ST_ROOT_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 PROMPT_NAME = "grace"
-_SENTINEL = "\u2063GRACE_TEXT\u2063"
 CITATION = """@article{grace2025,
   title   = {GRACE: Generative Representation Learning via Contrastive Policy Optimization},
   journal = {arXiv preprint arXiv:2510.04506},
@@ -37,13 +36,10 @@ CITATION = """@article{grace2025,
 
 def chat_prefix(tokenizer, settings: GRACESettings) -> str:
     """The rendered chat template up to the first character of the text (system prompt, instruction, header)."""
-    messages = build_messages(_SENTINEL, settings.system_prompt, settings.instruction)
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    cut = rendered.find(_SENTINEL)
-    if cut < 0:
-        raise ValueError("the tokenizer's chat template does not keep the user content verbatim; cannot build a "
-                         "sentence-transformers prompt for it")
-    return rendered[:cut]
+    messages = build_messages(CONTENT_SENTINEL, settings.system_prompt, settings.instruction)
+    head, _ = template_around_content(tokenizer, messages, settings.chat_template_kwargs)
+    # the instruction is part of the user content; the sentinel stands where the text itself starts
+    return head + messages[-1]["content"][: -len(CONTENT_SENTINEL)]
 
 
 def write_sentence_transformers_files(folder: str, settings: GRACESettings, max_seq_length: int = 512) -> None:
@@ -55,7 +51,8 @@ def write_sentence_transformers_files(folder: str, settings: GRACESettings, max_
     # (no GRACE system prompt) and could not exclude the prefix from pooling. add_special_tokens=False: the chat
     # prefix already carries BOS where the template wants one, exactly as training tokenizes it.
     transformer = Transformer(folder, max_seq_length=max_seq_length,
-                              modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                              modality_config={"text": {"method": "forward",
+                                                        "method_output_name": "last_hidden_state"}},
                               module_output_name="token_embeddings",
                               processing_kwargs={"text": {"add_special_tokens": False}})
     prefix = chat_prefix(transformer.tokenizer, settings)
@@ -160,7 +157,8 @@ def model_card(repo_id: str, settings: GRACESettings, base_model: str | None = N
         lines += ["## Evaluation", "", "| task | " + " | ".join(metrics) + " |",
                   "|---|" + "---|" * len(metrics)]
         for task, values in results.items():
-            lines.append(f"| {task} | " + " | ".join(f"{values[m]:.4f}" if m in values else "" for m in metrics) + " |")
+            cells = " | ".join(f"{values[m]:.4f}" if m in values else "" for m in metrics)
+            lines.append(f"| {task} | {cells} |")
         lines.append("")
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)
@@ -183,7 +181,7 @@ def prepare_hub_folder(checkpoint_dir: str, output_dir: str, repo_id: str = "gra
     """Write the folder that :func:`push_to_hub` uploads. A LoRA checkpoint is merged first."""
     from transformers import AutoTokenizer
 
-    from .commands.export import adapter_base_model, export_checkpoint, is_adapter_checkpoint
+    from .export import adapter_base_model, export_checkpoint, is_adapter_checkpoint
 
     if is_adapter_checkpoint(checkpoint_dir):
         base_model = base_model or adapter_base_model(checkpoint_dir)

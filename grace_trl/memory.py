@@ -236,9 +236,9 @@ class TrainingShape:
 
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any], prompt_tokens: int | None = None) -> "TrainingShape":
-        from .config import GRACEConfig
-
         from dataclasses import MISSING
+
+        from .config import GRACEConfig
 
         defaults = {f.name: f.default for f in fields(GRACEConfig) if f.default is not MISSING}
         values: dict[str, Any] = {}
@@ -386,7 +386,8 @@ def estimate(arch: Architecture, shape: TrainingShape, strategy: str, num_gpus: 
     vllm, vllm_notes = vllm_bytes(arch, shape, gpu_bytes)
     cpu = 0
     if strategy == "zero3_offload":
-        trained = arch.lora_parameters(shape.lora_r, shape.lora_target_modules) if shape.use_peft else arch.num_parameters()
+        trained = (arch.lora_parameters(shape.lora_r, shape.lora_target_modules) if shape.use_peft
+                   else arch.num_parameters())
         nodes = max(1, math.ceil(num_gpus / (gpus_per_node or num_gpus)))
         # DeepSpeed: 18 bytes per trained parameter (bf16 + fp32 params, fp32 grads, AdamW) split over nodes.
         cpu = int(18 * trained / nodes)
@@ -417,14 +418,25 @@ def recommend(estimates: list[MemoryEstimate], headroom: float = 0.10) -> tuple[
 
 def format_table(arch: Architecture, shape: TrainingShape, estimates: list[MemoryEstimate]) -> str:
     p = arch.num_parameters()
+    if shape.use_peft:
+        lora = arch.lora_parameters(shape.lora_r, shape.lora_target_modules)
+        trained = f"LoRA r={shape.lora_r}, {lora / 1e6:.1f}M parameters"
+    else:
+        trained = "all parameters"
+    if not shape.use_vllm:
+        vllm = "off"
+    elif shape.vllm_mode == "colocate":
+        vllm = f"colocate {shape.vllm_gpu_memory_utilization:.2f}"
+    else:
+        vllm = shape.vllm_mode
     head = [
         f"model: {arch.name} ({arch.model_type}, {p / 1e9:.2f}B parameters, {arch.num_layers} layers, "
         f"hidden {arch.hidden_size}, vocab {arch.vocab_size})",
-        f"trained: {'LoRA r=' + str(shape.lora_r) + ', ' + format(arch.lora_parameters(shape.lora_r, shape.lora_target_modules) / 1e6, '.1f') + 'M parameters' if shape.use_peft else 'all parameters'}",
+        f"trained: {trained}",
         f"micro-batch {shape.per_device_train_batch_size} × {shape.sequence_length} tokens "
         f"({shape.prompt_tokens} prompt + {shape.max_completion_length} completion), generation batch "
         f"{shape.generation_batch} per GPU, gradient checkpointing {'on' if shape.gradient_checkpointing else 'off'}, "
-        f"vLLM {('colocate ' + format(shape.vllm_gpu_memory_utilization, '.2f')) if shape.use_vllm and shape.vllm_mode == 'colocate' else (shape.vllm_mode if shape.use_vllm else 'off')}",
+        f"vLLM {vllm}",
         "",
     ]
     cols = ["strategy", "weights", "grads", "optimizer", "activ.", "gen/embed", "vLLM", "overhead", "total",
@@ -434,7 +446,8 @@ def format_table(arch: Architecture, shape: TrainingShape, estimates: list[Memor
         rows.append([
             e.strategy, *(f"{v / GIB:.1f}" for v in (e.weights, e.gradients, e.optimizer, e.activations, e.generation,
                                                       e.vllm, e.overhead, e.total)),
-            "yes" if e.fits else "NO", f"{e.cpu_offload_bytes_per_node / GIB:.1f}" if e.cpu_offload_bytes_per_node else "-",
+            "yes" if e.fits else "NO",
+            f"{e.cpu_offload_bytes_per_node / GIB:.1f}" if e.cpu_offload_bytes_per_node else "-",
         ])
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))]

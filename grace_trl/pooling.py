@@ -158,7 +158,8 @@ def embed_token_sequences(
                               use_cache=True, **{cache_kwarg: cache}).last_hidden_state
                 offset = prefix_len
             else:
-                hidden = body(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).last_hidden_state
+                hidden = body(input_ids=ids.to(device), attention_mask=attn.to(device),
+                              use_cache=False).last_hidden_state
                 offset = 0
             mask = span_mask([(spans[i][0] - offset, spans[i][1] - offset) for i in idx], length - offset,
                              device=hidden.device)

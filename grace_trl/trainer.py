@@ -26,7 +26,8 @@ from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from .config import GRACEConfig
-from .data import add_prompts, validate_dataset
+from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
+from .generation import ignoring_model_generation_config
 from .models import resolve_model_name
 from .pooling import embed_token_sequences, get_backbone, masked_mean, pool_span
 from .prompts import PromptEncoder
@@ -133,6 +134,8 @@ class GRACETrainer(GRPOTrainer):
         self.prompt_encoder = PromptEncoder(tokenizer, args.system_prompt, args.instruction,
                                             self.args.chat_template_kwargs)
         self._grace_eos_ids = self._eos_ids(tokenizer)
+        self._check_embeddable(self.train_dataset)
+        self._check_embeddable(self.eval_dataset)
 
     # ------------------------------------------------------------------ data
     @staticmethod
@@ -143,9 +146,20 @@ class GRACETrainer(GRPOTrainer):
             return {k: GRACETrainer._prepare_dataset(v, args, f"{name}[{k}]") for k, v in dataset.items()}
         if isinstance(dataset, Dataset):
             validate_dataset(dataset, args.mode, args.num_negatives)
-            if "prompt" not in dataset.column_names:
+            if "prompt" in dataset.column_names:
+                check_prompt_column(dataset, args.mode, args.system_prompt, args.instruction)
+            else:
                 dataset = add_prompts(dataset, args.mode, args.system_prompt, args.instruction)
         return dataset
+
+    def _check_embeddable(self, dataset) -> None:
+        """Every text must give a prompt GRACE can pool (and vLLM can extend) before the first step runs."""
+        if isinstance(dataset, dict):
+            for part in dataset.values():
+                self._check_embeddable(part)
+        elif isinstance(dataset, Dataset):
+            limit = self.args.vllm_max_model_length if self.use_vllm else None
+            check_embeddable(dataset, self.args.mode, self.prompt_encoder, self.args.num_negatives, limit)
 
     def _eos_ids(self, tokenizer) -> list[int]:
         ids = getattr(self, "eos_token_ids", None)  # set by GRPOTrainer from the generation config
@@ -176,30 +190,36 @@ class GRACETrainer(GRPOTrainer):
         """One rationale per anchor prompt at ``anchor_temperature`` (HF generate)."""
         if not prompt_ids:
             return []
-        pad = self.grace_tokenizer.pad_token_id if self.grace_tokenizer.pad_token_id is not None else self._grace_eos_ids[0]
+        pad = self.grace_tokenizer.pad_token_id
+        pad = pad if pad is not None else self._grace_eos_ids[0]
         width = max(len(p) for p in prompt_ids)
         ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for i, p in enumerate(prompt_ids):
             ids[i, width - len(p):] = torch.tensor(p)
             attn[i, width - len(p):] = 1
-        temperature = float(self.args.anchor_temperature)
-        config = GenerationConfig(
-            max_new_tokens=self.args.max_completion_length,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None,
-            top_p=self.args.top_p if temperature > 0 else None,
-            top_k=self.args.top_k if temperature > 0 else None,
-            pad_token_id=pad,
-            eos_token_id=self._grace_eos_ids,
-        )
+        config = GenerationConfig(**self._anchor_generation_kwargs(pad))
         device = self.accelerator.device
-        out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config)
+        with ignoring_model_generation_config(model):
+            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config)
         completions = []
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in self._grace_eos_ids), None)
             completions.append(row if cut is None else row[: cut + 1])
         return completions
+
+    def _anchor_generation_kwargs(self, pad: int) -> dict:
+        """The rollouts' generation settings (TRL's, with the user's ``generation_kwargs``) at the anchor
+        temperature."""
+        kwargs = dict(getattr(self, "generation_kwargs", None) or {})
+        temperature = float(self.args.anchor_temperature)
+        sample = temperature > 0
+        kwargs.update(max_new_tokens=self.args.max_completion_length, do_sample=sample, num_return_sequences=1,
+                      temperature=temperature if sample else None, pad_token_id=pad,
+                      eos_token_id=self._grace_eos_ids, disable_compile=True)
+        if not sample:  # greedy: sampling filters mean nothing, and transformers warns about them
+            kwargs.update(top_p=None, top_k=None, min_p=None)
+        return kwargs
 
     def _anchor_texts(self, inputs: list[dict], G: int) -> tuple[list[str], int]:
         texts, n_neg = [], 0
@@ -214,7 +234,11 @@ class GRACETrainer(GRPOTrainer):
         return texts, n_neg
 
     def _is_truncated(self, ids: Sequence[int]) -> bool:
-        return len(ids) == 0 or (ids[-1] not in self._grace_eos_ids and len(ids) >= self.args.max_completion_length)
+        """No EOS at the end, whatever stopped it: the length limit, or vLLM's ``max_model_len`` (as TRL counts it)."""
+        finished = set(self._grace_eos_ids)
+        if self.grace_tokenizer.pad_token_id is not None:
+            finished.add(int(self.grace_tokenizer.pad_token_id))
+        return len(ids) == 0 or int(ids[-1]) not in finished
 
     def build_rollout_embeddings(self, inputs, prompts, completion_ids_list) -> RolloutEmbeddings:
         """Generate anchors, embed rollouts + anchors, gather over processes."""
@@ -244,7 +268,11 @@ class GRACETrainer(GRPOTrainer):
             anchor_completions = generate_anchor_ids_vllm(self, anchor_prompt_ids, self.args.anchor_temperature,
                                                           self.args.max_completion_length)
         with unwrap_model_for_generation(
-            self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            self.model_wrapped,
+            self.accelerator,
+            gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+            generation_kwargs=getattr(self, "generation_kwargs", None),  # as TRL's rollouts pass them
+            gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
         ) as unwrapped, torch.no_grad():
             if anchor_completions is None:
                 anchor_completions = self._generate_anchor_completions(unwrapped, anchor_prompt_ids)
@@ -253,7 +281,8 @@ class GRACETrainer(GRPOTrainer):
                 spans.append(pool_span(len(enc.input_ids), enc.content_start, len(comp), self.args.pooling))
             vectors = self.compute_embeddings(unwrapped, sequences, spans)
         if vectors.shape[0] != len(sequences):
-            raise RuntimeError(f"compute_embeddings returned {vectors.shape[0]} vectors for {len(sequences)} sequences")
+            raise RuntimeError(f"compute_embeddings returned {vectors.shape[0]} vectors for {len(sequences)} "
+                               "sequences")
         device = self.accelerator.device
         vectors = vectors.to(device, torch.float32)
         policy_local = vectors[:n_local]

@@ -111,6 +111,9 @@ class VLLMRationaleGenerator:
         if enforce_eager is None:
             enforce_eager = _on_cpu_platform()
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {}
+        # Decode under the encoder's rules only, like the HF backend: the checkpoint's generation_config.json
+        # (repetition penalty, top-k ...) must not become vLLM's default sampling parameters.
+        llm_kwargs.setdefault("generation_config", "vllm")
         with _env(**env):
             self.llm = vllm.LLM(
                 model=str(model_path),
@@ -147,6 +150,8 @@ class VLLMRationaleGenerator:
             temperature=float(temperature),
             top_p=1.0,
             top_k=0,
+            min_p=0.0,
+            repetition_penalty=1.0,
             max_tokens=int(max_new_tokens),
             detokenize=False,  # only ids are needed; skips per-step detokenisation
         )
@@ -219,7 +224,8 @@ def generate_anchor_ids_vllm(
         from trl.extras.profiling import profiling_context
 
         _, completion_ids, _, _ = vg.generate(
-            prompts=padded, images=None, num_generations=1, profiler=profiling_context(trainer, "vLLM.generate_anchors")
+            prompts=padded, images=None, num_generations=1,
+            profiler=profiling_context(trainer, "vLLM.generate_anchors"),
         )
     finally:
         vg.temperature, vg.max_completion_length, vg.logprobs, vg.generation_kwargs = saved

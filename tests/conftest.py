@@ -49,3 +49,17 @@ def tiny_model_path(tmp_path_factory, smollm2_path) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def penalised_model_path(tmp_path_factory, tiny_model_path):
+    """The tiny model whose checkpoint generation_config sets a strong repetition penalty (Qwen2.5 sets 1.05)."""
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("penalised") / "model"
+    shutil.copytree(tiny_model_path, path)
+    cfg = json.loads((path / "generation_config.json").read_text())
+    cfg.update(repetition_penalty=50.0, no_repeat_ngram_size=1)
+    (path / "generation_config.json").write_text(json.dumps(cfg))
+    return str(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 
 import pytest
 
@@ -14,7 +15,8 @@ def test_key_depends_on_every_part():
     base = dict(model="m", prompt="p", text="t", max_new_tokens=16, temperature=0.0)
     key = make_key(**base)
     assert key == make_key(**dict(reversed(list(base.items()))))  # order-independent
-    for field, other in [("model", "m2"), ("prompt", "p2"), ("text", "t2"), ("max_new_tokens", 17), ("temperature", 0.5)]:
+    changes = [("model", "m2"), ("prompt", "p2"), ("text", "t2"), ("max_new_tokens", 17), ("temperature", 0.5)]
+    for field, other in changes:
         assert make_key(**{**base, field: other}) != key, field
 
 
@@ -112,3 +114,15 @@ def test_model_fingerprint_tracks_weights(tiny_model_path):
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.view(-1)[0] += 1e-3
     assert model_fingerprint(model) != fp
+
+
+def test_settings_save_failure_leaves_no_file(tmp_path):
+    from grace_trl.config import GRACESettings
+
+    with pytest.raises(TypeError):
+        GRACESettings(chat_template_kwargs={"not_json": object()}).save(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    path = GRACESettings(pooling="last").save(str(tmp_path))
+    with pytest.raises(TypeError):  # a failed rewrite keeps the previous file whole
+        GRACESettings(chat_template_kwargs={"not_json": object()}).save(str(tmp_path))
+    assert GRACESettings.load(str(tmp_path)).pooling == "last" and os.listdir(tmp_path) == [os.path.basename(path)]

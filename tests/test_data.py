@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from grace_trl.data import (DataValidationError, add_prompts, load_grace_dataset, parse_column_mapping,
-                            validate_dataset)
+from grace_trl.data import DataValidationError, add_prompts, load_grace_dataset, parse_column_mapping, validate_dataset
 
 
 def write_jsonl(path, rows):
@@ -36,7 +35,8 @@ def test_column_mapping_parsing():
 
 def test_several_negative_columns_and_list_column(tmp_path):
     rows = [{"q": "a b", "p": "c d", "n1": "e", "n2": "f"}]
-    ds = load_grace_dataset(write_jsonl(tmp_path / "x.jsonl", rows), column_mapping="query=q,positive=p,negatives=n1+n2")
+    ds = load_grace_dataset(write_jsonl(tmp_path / "x.jsonl", rows),
+                            column_mapping="query=q,positive=p,negatives=n1+n2")
     assert ds[0]["negatives"] == ["e", "f"]
     rows = [{"query": "a", "positive": "b", "negatives": ["c", "d"]}]
     assert load_grace_dataset(write_jsonl(tmp_path / "y.jsonl", rows))[0]["negatives"] == ["c", "d"]
@@ -97,3 +97,17 @@ def test_validate_prebuilt_dataset_and_prompts():
         validate_dataset(Dataset.from_dict({"query": ["q"]}), "supervised", 1)
     with_prompts = add_prompts(good, "supervised", system_prompt="S")
     assert with_prompts[0]["prompt"] == [{"role": "system", "content": "S"}, {"role": "user", "content": "p"}]
+
+
+def test_check_embeddable_names_prompts_too_long_for_the_context(smollm2_path):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from grace_trl.data import DataValidationError, check_embeddable
+    from grace_trl.prompts import PromptEncoder
+
+    encode = PromptEncoder(AutoTokenizer.from_pretrained(smollm2_path), system_prompt=None)
+    data = Dataset.from_dict({"text": ["short", "word " * 200, "fine"]})
+    check_embeddable(data, "unsupervised", encode, max_prompt_tokens=512)
+    with pytest.raises(DataValidationError, match=r"(?s)1 problem.*row 1, field 'text': its prompt has \d+ tokens"):
+        check_embeddable(data, "unsupervised", encode, max_prompt_tokens=100)

@@ -12,7 +12,7 @@ import torch
 
 from grace_trl.config import GRACESettings
 from grace_trl.encoder import GRACEEncoder, HFRationaleGenerator, RationaleGenerator, split_at_eos
-from grace_trl.pooling import embed_token_sequences, pool_span
+from grace_trl.pooling import embed_token_sequences
 from grace_trl.prompts import PromptEncoder
 
 TEXTS = ["A man is playing a guitar.", "The stock market fell sharply on Monday.", "Cats sleep a lot.",
@@ -43,24 +43,60 @@ def test_greedy_encode_is_deterministic(encoder, tiny_model_path):
     np.testing.assert_allclose(a[0], a[3], atol=1e-6)  # duplicate texts get the same vector
 
 
-def test_encoder_pooling_equals_trainer_pooling(encoder):
-    """The vector from encode() equals pooling prompt + rationale ids with the trainer's functions."""
-    vecs, rats = encoder.encode(TEXTS[:3], max_new_tokens=6, return_rationales=True, show_progress_bar=False)
-    pe = PromptEncoder(encoder.tokenizer, encoder.settings.system_prompt, encoder.settings.instruction)
-    seqs, spans = [], []
-    for text, rat in zip(TEXTS[:3], rats):
-        p = pe(text)
-        assert 0 < p.content_start < len(p.input_ids)
-        assert len(rat.token_ids) > 0
-        seqs.append(p.input_ids + rat.token_ids)
-        spans.append(pool_span(len(p.input_ids), p.content_start, len(rat.token_ids), "mean"))
-    ref = embed_token_sequences(encoder.model, seqs, spans, encoder.tokenizer.pad_token_id, batch_size=2)
-    np.testing.assert_allclose(vecs, ref.numpy(), atol=1e-5)
-    # and the generated ids are what the model produces greedily for that single prompt
-    p = pe(TEXTS[0])
-    out = encoder.model.generate(torch.tensor([p.input_ids]), max_new_tokens=6, do_sample=False,
-                                 pad_token_id=encoder.tokenizer.pad_token_id)
-    assert split_at_eos(out[0, len(p.input_ids):].tolist(), {encoder.tokenizer.eos_token_id})[0] == rats[0].token_ids
+# SmolLM2's template plus a switch read from chat_template_kwargs, like Qwen3's enable_thinking.
+THINKING_SWITCH = "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+
+
+@pytest.fixture(scope="module")
+def switch_model_path(tmp_path_factory, tiny_model_path):
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("switch") / "model"
+    shutil.copytree(tiny_model_path, path)
+    tok = AutoTokenizer.from_pretrained(path)
+    marker = "'<|im_start|>assistant\n' }}"
+    assert marker in tok.chat_template
+    tok.chat_template = tok.chat_template.replace(marker, marker + THINKING_SWITCH)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_encoder_vectors_equal_the_trainers_rollout_embeddings(tmp_path, switch_model_path):
+    """GRACEEncoder.encode on a saved checkpoint gives the vectors the reward saw for the same text and rationale."""
+    from datasets import Dataset
+
+    from grace_trl import GRACEConfig
+    from grace_trl.trainer import GRACETrainer
+
+    data = Dataset.from_dict({"query": ["q one", "q two"], "positive": ["A man plays a guitar.", "Cats sleep a lot."],
+                              "negatives": [["n one"], ["n two"]]})
+    args = GRACEConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", seed=0,
+                       num_generations=2, per_device_train_batch_size=4, max_completion_length=6,
+                       instruction="Represent this text:", chat_template_kwargs={"enable_thinking": False})
+    trainer = GRACETrainer(switch_model_path, args=args, train_dataset=data)
+    trainer.save_model(str(tmp_path / "ckpt"))
+    enc = GRACEEncoder.from_pretrained(str(tmp_path / "ckpt"), device="cpu")
+    vecs, rats = enc.encode(data["positive"], return_rationales=True, show_progress_bar=False)
+    # the trainer embeds those same rationales as rollouts of the dataset's own prompts (groups of G = 2)
+    rows = [row for row in trainer.train_dataset for _ in range(2)]
+    trainer.model.train()
+    batch = trainer.build_rollout_embeddings(rows, [r["prompt"] for r in rows],
+                                             [r.token_ids for r in rats for _ in range(2)])
+    assert "<think>" in enc.tokenizer.decode(enc.prompt_encoder()(data["positive"][0]).input_ids)
+    np.testing.assert_allclose(batch.policy[::2].numpy(), vecs, atol=1e-5)
+
+
+def test_encoder_ignores_the_checkpoint_generation_config(penalised_model_path, tiny_model_path):
+    """Greedy rationales are the plain greedy continuation, whatever generation_config.json asks for."""
+    enc = GRACEEncoder.from_pretrained(penalised_model_path, device="cpu")
+    plain = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu")  # same weights, neutral config
+    a, ra = enc.encode(TEXTS[:3], max_new_tokens=8, return_rationales=True, show_progress_bar=False)
+    b, rb = plain.encode(TEXTS[:3], max_new_tokens=8, return_rationales=True, show_progress_bar=False)
+    p = enc.prompt_encoder()(TEXTS[0]).input_ids
+    penalised = enc.model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)[0, len(p):].tolist()
+    assert penalised[: len(rb[0].token_ids)] != rb[0].token_ids, "the penalty must change greedy decoding"
+    assert [r.token_ids for r in ra] == [r.token_ids for r in rb]
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_without_rationale_pools_the_prompt_content(encoder):
@@ -123,7 +159,8 @@ def test_cache_skips_generation_and_recovers(tiny_model_path, tmp_path):
 def test_reads_grace_config_from_checkpoint(tiny_model_path, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_model_path, ckpt)
-    GRACESettings(system_prompt=None, instruction="Represent this sentence:", pooling="last", max_new_tokens=3).save(str(ckpt))
+    GRACESettings(system_prompt=None, instruction="Represent this sentence:", pooling="last",
+                  max_new_tokens=3).save(str(ckpt))
     enc = GRACEEncoder.from_pretrained(str(ckpt), device="cpu")
     assert enc.settings.pooling == "last" and enc.settings.max_new_tokens == 3
     v, rats = enc.encode(TEXTS[:2], return_rationales=True, show_progress_bar=False)
@@ -196,19 +233,15 @@ def test_interrupted_generation_keeps_finished_chunks(tiny_model_path, tmp_path)
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_vllm_backend_encodes_like_the_hf_path(smollm2_path):
-    """vLLM writes the rationale; pooling of those ids is the same function as for the HF backend."""
+def test_vllm_backend_encodes_like_the_hf_path(penalised_model_path):
+    """Both backends write the same greedy rationale and vectors, whatever generation_config.json says."""
     pytest.importorskip("vllm")
-    enc = GRACEEncoder.from_pretrained(smollm2_path, device="cpu", backend="vllm",
-                                       backend_kwargs={"dtype": "float32", "max_model_len": 512})
     texts = ["A man is playing a guitar.", "The stock market crashed."]
-    vecs, rats = enc.encode(texts, max_new_tokens=8, return_rationales=True, show_progress_bar=False)
-    assert vecs.shape == (2, 576)
-    pe = PromptEncoder(enc.tokenizer, enc.settings.system_prompt)
-    seqs = [pe(t).input_ids + r.token_ids for t, r in zip(texts, rats)]
-    spans = [pool_span(len(pe(t).input_ids), pe(t).content_start, len(r.token_ids), "mean") for t, r in zip(texts, rats)]
-    ref = embed_token_sequences(enc.model, seqs, spans, enc.tokenizer.pad_token_id)
-    np.testing.assert_allclose(vecs, ref.numpy(), atol=1e-5)
-    for r in rats:
-        assert 0 < len(r.token_ids) <= 8
-        assert r.truncated == (enc.tokenizer.eos_token_id not in r.token_ids)
+    hf = GRACEEncoder.from_pretrained(penalised_model_path, device="cpu")
+    vl = GRACEEncoder.from_pretrained(penalised_model_path, device="cpu", backend="vllm",
+                                      backend_kwargs={"dtype": "float32", "max_model_len": 512})
+    a, ra = hf.encode(texts, max_new_tokens=8, return_rationales=True, show_progress_bar=False)
+    b, rb = vl.encode(texts, max_new_tokens=8, return_rationales=True, show_progress_bar=False)
+    assert [r.token_ids for r in rb] == [r.token_ids for r in ra]
+    assert [r.truncated for r in rb] == [r.truncated for r in ra]
+    np.testing.assert_allclose(b, a, atol=1e-5)

@@ -82,7 +82,8 @@ def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, t
 
     out = tmp_path / "eval"
     rc = main(["--model", f"tiny={tiny_model_path}", "--with-and-without-rationale", "--tasks",
-               "STSBenchmark,SciFact,Banking77", "--limit", "6", "--scifact-distractors", "6", "--samples-per-label", "1",
+               "STSBenchmark,SciFact,Banking77", "--limit", "6", "--scifact-distractors", "6",
+               "--samples-per-label", "1",
                "--max-new-tokens", "2", "--batch-size", "32", "--samples", "2", "--data-dir", str(shared_data),
                "--output-dir", str(out)])
     assert rc == 0
@@ -166,3 +167,13 @@ def test_eval_cli_system_prompt_from_needs_a_grace_checkpoint(tmp_path, capsys):
 
     assert main(["--model", "x", "--system-prompt-from", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
     assert "no grace_config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", "null", ""])
+def test_eval_system_prompt_none_means_no_system_prompt(spelling):
+    from argparse import Namespace
+
+    from grace_trl.evaluation.cli import resolve_system_prompt
+
+    assert resolve_system_prompt(Namespace(system_prompt=spelling, system_prompt_from=None)) == (True, None)
+    assert resolve_system_prompt(Namespace(system_prompt="Be brief.", system_prompt_from=None)) == (True, "Be brief.")

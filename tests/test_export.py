@@ -73,7 +73,8 @@ def test_merge_reproduces_adapter_logits(lora_checkpoint, tmp_path):
     with torch.no_grad():
         assert not torch.allclose(base(input_ids=ids).logits, expected, atol=1e-4)  # the adapter mattered
     assert GRACESettings.load(str(out)) == GRACESettings.load(str(ckpt))
-    assert AutoTokenizer.from_pretrained(out)("a b")["input_ids"] == AutoTokenizer.from_pretrained(ckpt)("a b")["input_ids"]
+    ids = [AutoTokenizer.from_pretrained(path)("a b")["input_ids"] for path in (out, ckpt)]
+    assert ids[0] == ids[1]
 
 
 def test_adapter_export_reloads_and_repoints_base(lora_checkpoint, tmp_path):

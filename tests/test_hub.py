@@ -224,9 +224,9 @@ def test_push_sends_the_folder_through_the_hub_http_api(fake_hub, checkpoint, tm
 
     header = fake_hub.commit_lines[0]
     assert header["key"] == "header" and header["value"]["summary"] == "GRACE tiny"
-    regular = {l["value"]["path"]: base64.b64decode(l["value"]["content"]) for l in fake_hub.commit_lines
-               if l["key"] == "file"}
-    lfs = {l["value"]["path"]: l["value"]["oid"] for l in fake_hub.commit_lines if l["key"] == "lfsFile"}
+    regular = {line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in fake_hub.commit_lines
+               if line["key"] == "file"}
+    lfs = {line["value"]["path"]: line["value"]["oid"] for line in fake_hub.commit_lines if line["key"] == "lfsFile"}
     expected_dir = Path(prepare_hub_folder(str(checkpoint), str(tmp_path / "expected"), "grace-org/grace-tiny"))
     expected = {str(p.relative_to(expected_dir)): p.read_bytes() for p in expected_dir.rglob("*") if p.is_file()}
     assert set(regular) | set(lfs) == set(expected)
@@ -249,3 +249,20 @@ def test_bad_results_file_fails_before_any_upload(fake_hub, checkpoint, tmp_path
     with pytest.raises(ValueError, match=r"results\['STSBenchmark'\]\['spearman'\] must be a number"):
         push_to_hub(str(checkpoint), "grace-org/grace-tiny", token=TOKEN, results=str(bad))
     assert fake_hub.requests == []
+
+
+def test_sentence_transformers_prefix_uses_the_chat_template_kwargs(smollm2_path):
+    from transformers import AutoTokenizer
+
+    from grace_trl.hub import chat_prefix
+    from grace_trl.prompts import PromptEncoder
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    tok.chat_template = "{% if persona is defined %}[{{ persona }}]{% endif %}" + tok.chat_template
+    settings = GRACESettings(instruction="Represent:", chat_template_kwargs={"persona": "analyst"})
+    prefix = chat_prefix(tok, settings)
+    assert prefix.startswith("[analyst]") and prefix.endswith("Represent:\n")
+    # the prefix is exactly the training prompt up to the text
+    pe = PromptEncoder(tok, settings.system_prompt, settings.instruction, settings.chat_template_kwargs)
+    enc = pe("A dog runs.")
+    assert tok.decode(enc.input_ids).startswith(prefix + "A dog runs.")

@@ -14,7 +14,15 @@ import torch
 import yaml
 
 from grace_trl.memory import (
-    GIB, KNOWN_CONFIGS, Architecture, TrainingShape, activation_bytes, estimate, load_model_config, plan, recommend,
+    GIB,
+    KNOWN_CONFIGS,
+    Architecture,
+    TrainingShape,
+    activation_bytes,
+    estimate,
+    load_model_config,
+    plan,
+    recommend,
 )
 
 REPO = Path(__file__).resolve().parents[1]

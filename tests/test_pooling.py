@@ -30,7 +30,8 @@ def test_system_prompt_and_padding_do_not_change_the_embedding(tiny_model_path):
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     enc = PromptEncoder(tok)("Two dogs play in the snow .")
-    rationale = tok("<think>dogs, snow</think> Dogs playing.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    rationale = tok("<think>dogs, snow</think> Dogs playing.", add_special_tokens=False)["input_ids"]
+    rationale = rationale + [tok.eos_token_id]
     seq = enc.input_ids + rationale
     span = pool_span(len(enc.input_ids), enc.content_start, len(rationale), "mean")
     alone = embed_token_sequences(model, [seq], [span], tok.pad_token_id)

@@ -42,13 +42,15 @@ def test_length_filter_uses_the_templated_prompt(shared_data, tmp_path, capsys, 
                  "--max-prompt-tokens", str(limit)]) == 0
     summary = json.loads(capsys.readouterr().out)
     kept = _read_jsonl(out)
-    assert 0 < summary["dropped_too_long"] < 300 and summary["rows_written"] == len(kept) == 300 - summary["dropped_too_long"]
+    assert 0 < summary["dropped_too_long"] < 300
+    assert summary["rows_written"] == len(kept) == 300 - summary["dropped_too_long"]
 
     tok = AutoTokenizer.from_pretrained(smollm2_path)
 
     def prompt_len(text):  # independent count: the chat template the policy sees, system prompt included
         messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": text}]
-        return len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+        ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
+        return len(ids["input_ids"])
 
     def longest(row):
         return max(prompt_len(t) for t in [row["query"], row["positive"], *row["negatives"]])

@@ -125,3 +125,127 @@ def test_two_steps_on_real_smollm2(tmp_path, smollm2_path):
     settings = GRACESettings.load(args.output_dir)
     assert settings.system_prompt == BRIEF and settings.pooling == "mean"
     assert os.path.isfile(os.path.join(args.output_dir, "model.safetensors"))
+
+
+def _greedy(model, prompt_ids, max_new_tokens, eos, **rules):
+    """Reference greedy decoding under explicitly given rules only (one prompt, no padding)."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        out = model.generate(torch.tensor([prompt_ids]), generation_config=GenerationConfig(
+            do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos, **rules))
+    finally:
+        model.generation_config = saved
+    row = out[0, len(prompt_ids):].tolist()
+    return row[: row.index(eos) + 1] if eos in row else row
+
+
+def _anchor_run(tmp_path, model_path, **kw):
+    trainer = GRACETrainer(model_path, args=config(tmp_path, anchor_temperature=0.0, **kw), train_dataset=sup_rows())
+    rows = next(iter(trainer.get_train_dataloader()))
+    trainer._generate_and_score_completions(rows)
+    return trainer
+
+
+def test_anchors_ignore_the_checkpoint_generation_config(tmp_path, penalised_model_path):
+    trainer = _anchor_run(tmp_path, penalised_model_path)
+    model = trainer.model
+    got = trainer._last_anchor_completions
+    want = [_greedy(model, trainer.prompt_encoder(t).input_ids, 8, EOS) for t in trainer._last_anchor_texts]
+    penalised = [_greedy(model, trainer.prompt_encoder(t).input_ids, 8, EOS, repetition_penalty=50.0,
+                         no_repeat_ngram_size=1) for t in trainer._last_anchor_texts]
+    assert want != penalised, "the penalty must change greedy decoding, or this test proves nothing"
+    assert got == want
+
+
+def test_anchors_follow_the_rollouts_generation_settings(tmp_path, tiny_model_path):
+    # the user's generation_kwargs reach the anchors: a huge EOS bias ends every greedy anchor at once
+    trainer = _anchor_run(tmp_path, tiny_model_path, generation_kwargs={"sequence_bias": {(EOS,): 100.0}})
+    assert trainer._last_anchor_completions == [[EOS]] * len(trainer._last_anchor_texts)
+    # and so does the rollouts' repetition penalty
+    trainer = _anchor_run(tmp_path, tiny_model_path, repetition_penalty=50.0)
+    want = [_greedy(trainer.model, trainer.prompt_encoder(t).input_ids, 8, EOS, repetition_penalty=50.0)
+            for t in trainer._last_anchor_texts]
+    plain = [_greedy(trainer.model, trainer.prompt_encoder(t).input_ids, 8, EOS) for t in trainer._last_anchor_texts]
+    assert want != plain
+    assert trainer._last_anchor_completions == want
+
+
+def _checkpointing_kwargs(model):
+    funcs = {m._gradient_checkpointing_func.keywords.get("use_reentrant")
+             for m in model.modules() if getattr(m, "gradient_checkpointing", False)}
+    assert funcs, "gradient checkpointing is not enabled on any layer"
+    return funcs
+
+
+def test_embedding_pass_keeps_the_gradient_checkpointing_settings(tmp_path, tiny_model_path):
+    seen = []
+
+    def spy(prompts, **kwargs):  # runs right after the embedding pass, inside training
+        seen.append(_checkpointing_kwargs(trainer.model))
+        return [0.0] * len(prompts)
+
+    args = config(tmp_path, max_steps=1, gradient_checkpointing=True,
+                  gradient_checkpointing_kwargs={"use_reentrant": True})
+    trainer = GRACETrainer(tiny_model_path, reward_funcs=["grace", spy], args=args, train_dataset=sup_rows())
+    trainer.train()
+    assert seen and all(s == {True} for s in seen), seen
+
+
+def test_rollout_stopped_without_eos_is_truncated(tmp_path, tiny_model_path):
+    trainer = GRACETrainer(tiny_model_path, args=config(tmp_path), train_dataset=sup_rows())
+    assert trainer.args.max_completion_length == 8
+    assert trainer._is_truncated([5, 6, 7])  # vLLM's max_model_len stopped it before max_completion_length
+    assert trainer._is_truncated([5] * 8)
+    assert trainer._is_truncated([])
+    assert not trainer._is_truncated([5, 6, EOS])
+
+
+def test_prompt_column_must_match_the_configured_prompt(tmp_path, tiny_model_path):
+    from grace_trl.prompts import build_messages
+
+    data = sup_rows()
+    good = data.add_column("prompt", [build_messages(p, "Summarise.") for p in data["positive"]])
+    GRACETrainer(tiny_model_path, args=config(tmp_path, system_prompt="Summarise."), train_dataset=good)
+    stale = data.add_column("prompt", [build_messages(p) for p in data["positive"]])  # the default system prompt
+    with pytest.raises(ValueError, match="row 0, field 'prompt'"):
+        GRACETrainer(tiny_model_path, args=config(tmp_path, system_prompt="Summarise."), train_dataset=stale)
+
+
+def _with_template(src, dst, template):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(src, dst)
+    tok = AutoTokenizer.from_pretrained(dst)
+    tok.chat_template = template
+    tok.save_pretrained(dst)
+    return str(dst)
+
+
+def test_template_that_trims_content_trains_on_padded_text(tmp_path, tiny_model_path):
+    from test_prompts import TRIM_TEMPLATE
+
+    path = _with_template(tiny_model_path, tmp_path / "trim", TRIM_TEMPLATE)
+    data = Dataset.from_dict({"text": [" leading space", "trailing newline\n", "  both  ", "plain"]})
+    trainer = GRACETrainer(path, args=config(tmp_path, mode="unsupervised"), train_dataset=data)
+    rows = next(iter(trainer.get_train_dataloader()))
+    out = trainer._generate_and_score_completions(rows)
+    assert out["prompt_ids"].shape[0] == 4
+    enc = trainer.prompt_encoder("  both  ")
+    assert trainer.grace_tokenizer.decode(enc.input_ids[enc.content_start:]).startswith("both<|eot_id|>")
+
+
+def test_text_the_template_cannot_embed_fails_before_training(tmp_path, tiny_model_path):
+    # a template that drops any user message mentioning a URL: such a row has no content to pool
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if 'http' not in m['content'] %}"
+                "{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    path = _with_template(tiny_model_path, tmp_path / "drop", template)
+    data = sup_rows()
+    data = Dataset.from_dict({**data.to_dict(), "negatives": [["n"], ["see http://x.org"], ["n"], ["n"]]})
+    with pytest.raises(ValueError, match=r"row 1, field 'negatives\[0\]': the chat template renders this text as"):
+        GRACETrainer(path, args=config(tmp_path), train_dataset=data)

@@ -6,12 +6,12 @@ import re
 
 import torch
 from datasets import Dataset
+from trl.models import unwrap_model_for_generation
 
 from grace_trl import GRACEConfig
 from grace_trl.encoder import GRACEEncoder
 from grace_trl.evaluation.evaluators import STSEvaluator
 from grace_trl.trainer import GRACETrainer, RowTemperature
-from trl.models import unwrap_model_for_generation
 
 EOS_BIAS = {"sequence_bias": {(2,): 9.0}}
 

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support.vllm_cpu import apply_cpu_vllm_env, trl_colocate_llm_overrides  # noqa: E402
 
-pytest.importorskip("vllm", reason="vllm is not installed in this environment (build it with scripts/setup_vllm_env.sh)")
+pytest.importorskip("vllm", reason="vllm is not installed here (build it with scripts/setup_vllm_env.sh)")
 apply_cpu_vllm_env()  # before any engine starts: vLLM reads its CPU settings at engine start-up
 
 import torch  # noqa: E402

@@ -1,132 +1,19 @@
 """``grace-trl export``: a training checkpoint → a clean model folder (LoRA merged, or adapter only).
 
-Trainer checkpoints carry optimizer and RNG states that nobody serving the model needs, and a LoRA
-run leaves an adapter whose ``base_model_name_or_path`` may be a local path of the training
-machine. ``--merge`` folds the adapter into the base weights (peft ``merge_and_unload``) so
-transformers, vLLM and sentence-transformers load a plain checkpoint; ``--adapter`` keeps only the
-adapter (optionally re-pointed at a Hub base with ``--base-model``). ``grace_config.json`` travels
-with both, because an encoder needs it to embed exactly as training did.
+``--merge`` folds a LoRA adapter into the base weights so transformers, vLLM and
+sentence-transformers load a plain checkpoint; ``--adapter`` keeps only the adapter (optionally
+re-pointed at a Hub base with ``--base-model``). ``grace_config.json`` travels with both. The work is
+done by :func:`grace_trl.export.export_checkpoint`.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import logging
-import os
-import shutil
 import sys
 
-from ..config import SETTINGS_FILE
-
-logger = logging.getLogger("grace_trl")
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-                       "pytorch_model*.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILE_PATTERNS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                           "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
-
-
-def is_adapter_checkpoint(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "adapter_config.json"))
-
-
-def _copy_matching(src: str, dst: str, patterns, exclude=()) -> list[str]:
-    copied = []
-    for name in sorted(os.listdir(src)):
-        full = os.path.join(src, name)
-        if not os.path.isfile(full) or name in exclude:
-            continue
-        if any(fnmatch.fnmatch(name, p) for p in patterns):
-            shutil.copy2(full, os.path.join(dst, name))
-            copied.append(name)
-    return copied
-
-
-def _has_tokenizer(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
-
-
-def _prepare_output(output: str, overwrite: bool) -> None:
-    if os.path.exists(output) and os.listdir(output):
-        if not overwrite:
-            raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(output)
-    os.makedirs(output, exist_ok=True)
-
-
-def _copy_settings(checkpoint: str, output: str) -> bool:
-    src = os.path.join(checkpoint, SETTINGS_FILE)
-    if os.path.isfile(src):
-        shutil.copy2(src, os.path.join(output, SETTINGS_FILE))
-        return True
-    logger.warning("%s has no %s: encoders will fall back to GRACE's default prompt settings", checkpoint, SETTINGS_FILE)
-    return False
-
-
-def adapter_base_model(checkpoint: str) -> str | None:
-    with open(os.path.join(checkpoint, "adapter_config.json"), encoding="utf-8") as f:
-        return json.load(f).get("base_model_name_or_path")
-
-
-def merge_adapter(checkpoint: str, output: str, base_model: str | None = None, dtype: str | None = None) -> None:
-    """Load base + adapter, merge_and_unload, save a plain causal-LM checkpoint with its tokenizer."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..models import resolve_model_name
-
-    base = base_model or adapter_base_model(checkpoint)
-    if not base:
-        raise ValueError(f"{checkpoint}/adapter_config.json names no base_model_name_or_path; pass --base-model")
-    base_path = resolve_model_name(base)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype or "auto")
-    except OSError as exc:
-        raise OSError(f"cannot load the base model {base!r} of adapter {checkpoint} ({exc}); pass --base-model with "
-                      "a local folder or Hub id") from exc
-    merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
-    merged.save_pretrained(output)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint if _has_tokenizer(checkpoint) else base_path)
-    tokenizer.save_pretrained(output)
-
-
-def export_checkpoint(checkpoint: str, output: str, mode: str = "merge", base_model: str | None = None,
-                      dtype: str | None = None, overwrite: bool = False) -> dict:
-    """Write ``output`` from ``checkpoint``; ``mode`` is ``"merge"`` or ``"adapter"``. Returns a summary."""
-    if mode not in ("merge", "adapter"):
-        raise ValueError(f"mode must be 'merge' or 'adapter', got {mode!r}")
-    if not os.path.isdir(checkpoint):
-        raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
-    if os.path.abspath(checkpoint) == os.path.abspath(output):
-        raise ValueError("--output must differ from --checkpoint")
-    adapter = is_adapter_checkpoint(checkpoint)
-    if not adapter and not os.path.isfile(os.path.join(checkpoint, "config.json")):
-        raise FileNotFoundError(f"{checkpoint} has neither adapter_config.json (LoRA) nor config.json (full model)")
-    if mode == "adapter" and not adapter:
-        raise ValueError(f"{checkpoint} is a full checkpoint, not a LoRA adapter: nothing to export with --adapter")
-    _prepare_output(output, overwrite)
-    summary = {"checkpoint": checkpoint, "output": output, "mode": mode, "lora": adapter}
-    if adapter and mode == "merge":
-        merge_adapter(checkpoint, output, base_model, dtype)
-        summary["base_model"] = base_model or adapter_base_model(checkpoint)
-    elif adapter:
-        files = _copy_matching(checkpoint, output, ADAPTER_FILES + TOKENIZER_FILE_PATTERNS)
-        if base_model:
-            path = os.path.join(output, "adapter_config.json")
-            with open(path, encoding="utf-8") as f:
-                cfg = json.load(f)
-            cfg["base_model_name_or_path"] = base_model
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(cfg, f, indent=2)
-        summary.update(files=files, base_model=base_model or adapter_base_model(checkpoint))
-    else:
-        files = _copy_matching(checkpoint, output, MODEL_FILE_PATTERNS + TOKENIZER_FILE_PATTERNS)
-        summary["files"] = files
-    summary["grace_config"] = _copy_settings(checkpoint, output)
-    return summary
+from ..export import export_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--merge", action="store_true", help="Merge a LoRA adapter into the base weights (default).")
     group.add_argument("--adapter", action="store_true", help="Export the LoRA adapter only.")
     p.add_argument("--base-model", default=None,
-                   help="Base model of the adapter (default: adapter_config.json); with --adapter it is written there.")
+                   help="Base model of the adapter (default: adapter_config.json); "
+                        "with --adapter it is written there.")
     p.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype of the merged weights (default: the base checkpoint's).")
     p.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output.")

@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grace-trl plan-memory", description=__doc__)
     p.add_argument("--config", required=True, help="Recipe YAML (the one passed to grace-trl train).")
     p.add_argument("--num-gpus", type=int, default=8, help="Total GPUs (processes) over all nodes.")
-    p.add_argument("--gpus-per-node", type=int, default=None, help="For the CPU RAM of offload (default: all on one node).")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="For the CPU RAM of offload (default: all on one node).")
     p.add_argument("--gpu-memory-gib", type=float, default=80.0, help="Memory of one GPU in GiB.")
     p.add_argument("--prompt-tokens", type=int, default=None,
                    help="Tokens of a templated prompt (system prompt + text); default 128.")

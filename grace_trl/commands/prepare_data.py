@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 
 from ..data import load_grace_dataset
-from ..prompts import DEFAULT_SYSTEM_PROMPT, PromptEncoder
+from ..files import atomic_write
+from ..prompts import DEFAULT_SYSTEM_PROMPT, PromptEncoder, normalize_system_prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grace-trl prepare-data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True,
-                   help="Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample name or a Hub dataset id.")
+                   help="Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample name "
+                        "or a Hub dataset id.")
     p.add_argument("--output", required=True, help="Output .jsonl (query/positive/negatives or text per line).")
     p.add_argument("--mode", choices=("supervised", "unsupervised"), default="supervised")
     p.add_argument("--column-mapping", default=None,
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
                    help="System prompt used for the length check ('none' for none); must match the recipe.")
     p.add_argument("--instruction", default=None, help="Instruction used for the length check; must match the recipe.")
+    p.add_argument("--chat-template-kwargs", type=json.loads, default=None,
+                   help="JSON chat-template variables for the length check (e.g. '{\"enable_thinking\": false}'); "
+                        "must match the recipe.")
     return p
 
 
@@ -51,11 +54,12 @@ def _texts(row: dict, mode: str) -> list[str]:
 
 
 def length_filter(rows: list[dict], mode: str, tokenizer, max_prompt_tokens: int, system_prompt: str | None,
-                  instruction: str | None) -> tuple[list[dict], list[int], int]:
+                  instruction: str | None,
+                  chat_template_kwargs: dict | None = None) -> tuple[list[dict], list[int], int]:
     """Rows whose every templated text fits; also the indices dropped and the longest prompt seen."""
     from tqdm.auto import tqdm
 
-    encoder = PromptEncoder(tokenizer, system_prompt, instruction)
+    encoder = PromptEncoder(tokenizer, system_prompt, instruction, chat_template_kwargs)
     kept, dropped, longest = [], [], 0
     for i, row in enumerate(tqdm(rows, desc="checking prompt lengths", unit="row")):
         length = max(len(encoder(t).input_ids) for t in _texts(row, mode))
@@ -69,25 +73,18 @@ def length_filter(rows: list[dict], mode: str, tokenizer, max_prompt_tokens: int
 
 def write_jsonl(rows: list[dict], path: str) -> None:
     """Written to a temporary file then renamed, so a crash never leaves a truncated dataset behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".prepare-", suffix=".jsonl", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def prepare(args: argparse.Namespace) -> dict:
     if (args.max_prompt_tokens is None) != (args.tokenizer is None):
-        raise ValueError("--max-prompt-tokens and --tokenizer go together: the limit is counted in the policy's tokens")
+        raise ValueError("--max-prompt-tokens and --tokenizer go together: the limit is counted in the "
+                         "policy's tokens")
     if not args.output.endswith(".jsonl"):
         raise ValueError(f"--output must be a .jsonl file, got {args.output!r}")
-    system_prompt = None if str(args.system_prompt).lower() in ("none", "null", "") else args.system_prompt
+    system_prompt = normalize_system_prompt(args.system_prompt)
     dataset = load_grace_dataset(
         args.input, mode=args.mode, column_mapping=args.column_mapping, split=args.split,
         dataset_config=args.dataset_config,
@@ -101,7 +98,7 @@ def prepare(args: argparse.Namespace) -> dict:
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(args.tokenizer))
         rows, dropped, longest = length_filter(rows, args.mode, tokenizer, args.max_prompt_tokens, system_prompt,
-                                               args.instruction)
+                                               args.instruction, args.chat_template_kwargs)
         summary.update(dropped_too_long=len(dropped), longest_prompt_tokens=longest,
                        first_dropped_rows=dropped[:10])
         if not rows:

@@ -29,7 +29,8 @@ class ScriptArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     column_mapping: str | None = field(default=None, metadata={
-        "help": "e.g. 'query=sent0,positive=sent1,negatives=hard_neg' or 'text=sentence'; '+' joins negative columns."})
+        "help": "e.g. 'query=sent0,positive=sent1,negatives=hard_neg' or 'text=sentence'; "
+                "'+' joins negative columns."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
     reward_funcs: list[str] = field(default_factory=lambda: ["grace"], metadata={
         "help": "Reward functions from grace_trl.rewards' registry ('grace', 'think_format')."})

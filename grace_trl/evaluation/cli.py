@@ -96,16 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="Rationale length (default: checkpoint setting).")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--system-prompt", default=None,
-                        help="System prompt for every causal LM instead of each checkpoint's own (use '' for none). "
+                        help="System prompt for every causal LM instead of each checkpoint's own "
+                             "('none' or '' for none). "
                              "Compare a base model and a GRACE checkpoint under one prompt.")
     prompt.add_argument("--system-prompt-from", default=None, metavar="CHECKPOINT",
                         help="Use the system prompt saved in this checkpoint's grace_config.json for every causal LM.")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--scifact-distractors", type=int, default=None, help="Distractor docs in a reduced SciFact (2×limit).")
-    p.add_argument("--n-experiments", type=int, default=None, help="Banking77 classifier repeats (mteb: 10; 1 with --limit).")
+    p.add_argument("--scifact-distractors", type=int, default=None,
+                   help="Distractor docs in a reduced SciFact (2×limit).")
+    p.add_argument("--n-experiments", type=int, default=None,
+                   help="Banking77 classifier repeats (mteb: 10; 1 with --limit).")
     p.add_argument("--samples-per-label", type=int, default=None,
-                   help="Banking77 training texts per label per experiment (mteb: 8); changing it marks the run reduced.")
-    p.add_argument("--data-dir", default=None, help="Folder holding STSBenchmark/, SciFact/, Banking77Classification/.")
+                   help="Banking77 training texts per label per experiment (mteb: 8); "
+                        "changing it marks the run reduced.")
+    p.add_argument("--data-dir", default=None,
+                   help="Folder holding STSBenchmark/, SciFact/, Banking77Classification/.")
     p.add_argument("--cache-dir", default=None, help="Rationale cache (default OUTPUT_DIR/rationale_cache).")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
@@ -122,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_system_prompt(args) -> tuple[bool, str | None]:
     """(override?, prompt) from --system-prompt / --system-prompt-from."""
     if args.system_prompt is not None:
-        return True, args.system_prompt or None
+        from ..prompts import normalize_system_prompt
+
+        return True, normalize_system_prompt(args.system_prompt)
     if args.system_prompt_from is not None:
         from ..config import GRACESettings
 
@@ -204,7 +211,8 @@ def run_evaluation(args) -> dict:
         if args.generation_check and run.path not in checked_paths:
             checked_paths.add(run.path)
             generation[run.base_label or run.label] = _generation_check(run, loaded.get(run.path), args)
-        print(f"[{run.label}] " + ", ".join(f"{n}={tasks_info[n]['scores'][run.label]:.4f}" for n in task_names), flush=True)
+        scores = ", ".join(f"{n}={tasks_info[n]['scores'][run.label]:.4f}" for n in task_names)
+        print(f"[{run.label}] {scores}", flush=True)
     results = {
         "models": models_info,
         "tasks": [tasks_info[n] for n in task_names],

@@ -82,7 +82,8 @@ class GRACEMTEBEncoder(AbsEncoder):
         encoder = GRACEEncoder.from_pretrained(name_or_path, **encoder_kwargs)
         return cls(encoder, use_rationale=use_rationale, max_new_tokens=max_new_tokens, name=name or name_or_path)
 
-    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs) -> np.ndarray:
+    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None,
+               **kwargs) -> np.ndarray:
         texts: list[str] = []
         for batch in inputs:
             if "text" not in batch:

@@ -12,7 +12,8 @@ import io
 import json
 from pathlib import Path
 
-CATEGORY_ORDER = ["Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS", "Summarization"]
+CATEGORY_ORDER = ["Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS",
+                  "Summarization"]
 
 
 def _fmt(v) -> str:
@@ -58,7 +59,8 @@ def markdown_tables(results: dict) -> str:
     lines.append("| model | " + " | ".join(cats) + " | Avg |")
     lines.append("|---" * (len(cats) + 2) + "|")
     for label in labels:
-        lines.append(f"| {label} | " + " | ".join(_fmt(cat[label][c]) for c in cats) + f" | {_fmt(cat[label]['Avg'])} |")
+        cells = " | ".join(_fmt(cat[label][c]) for c in cats)
+        lines.append(f"| {label} | {cells} | {_fmt(cat[label]['Avg'])} |")
     reduced = [t for t in results["tasks"] if t.get("reduced")]
     if reduced:
         lines += ["", "\\* reduced run (`--limit`), NOT comparable with the MTEB leaderboard:"]
@@ -147,7 +149,8 @@ def html_report(results: dict, png: bytes | None) -> str:
              ".rat{font-size:90%;color:#333;white-space:pre-wrap}</style></head><body>",
              "<h1>grace-trl evaluation</h1>"]
     if any(t.get("reduced") for t in results["tasks"]):
-        parts.append("<p class='r'><b>Reduced run (--limit):</b> scores are NOT comparable with the MTEB leaderboard.</p>")
+        parts.append("<p class='r'><b>Reduced run (--limit):</b> scores are NOT comparable with the MTEB "
+                     "leaderboard.</p>")
     labels = [m["label"] for m in results["models"]]
     parts.append("<h2>Per task</h2><table><tr><th>model</th>" + "".join(
         f"<th>{e(task_label(t))}<br><small>{e(t['main_score'])}</small></th>" for t in results["tasks"]) + "</tr>")
@@ -157,12 +160,15 @@ def html_report(results: dict, png: bytes | None) -> str:
     parts.append("</table>")
     cats = categories(results) + ["Avg"]
     cat = category_scores(results)
-    parts.append("<h2>Per category</h2><table><tr><th>model</th>" + "".join(f"<th>{e(c)}</th>" for c in cats) + "</tr>")
+    header = "".join(f"<th>{e(c)}</th>" for c in cats)
+    parts.append(f"<h2>Per category</h2><table><tr><th>model</th>{header}</tr>")
     for label in labels:
-        parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{_fmt(cat[label][c])}</td>" for c in cats) + "</tr>")
+        cells = "".join(f"<td class='num'>{_fmt(cat[label][c])}</td>" for c in cats)
+        parts.append(f"<tr><td>{e(label)}</td>{cells}</tr>")
     parts.append("</table>")
     if png:
-        parts.append(f"<p><img alt='category scores' src='data:image/png;base64,{base64.b64encode(png).decode()}'></p>")
+        data = base64.b64encode(png).decode()
+        parts.append(f"<p><img alt='category scores' src='data:image/png;base64,{data}'></p>")
     for t in results["tasks"]:
         if t.get("reduced"):
             parts.append(f"<p><small>{e(t['name'])} reduction: {e(json.dumps(t['reduction']))}</small></p>")
@@ -182,7 +188,8 @@ def html_report(results: dict, png: bytes | None) -> str:
         parts.append("</table>")
     gen = results.get("generation_check")
     if gen:
-        parts.append("<h2>Generation preservation</h2><table><tr><th>model</th><th>perplexity (held-out text)</th></tr>")
+        parts.append("<h2>Generation preservation</h2>"
+                     "<table><tr><th>model</th><th>perplexity (held-out text)</th></tr>")
         for label, g in gen.items():
             parts.append(f"<tr><td>{e(label)}</td><td class='num'>{g['perplexity']:.2f}</td></tr>")
         parts.append("</table>")

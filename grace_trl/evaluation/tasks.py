@@ -125,7 +125,8 @@ def load_scifact(data_dir: str | os.PathLike | None = None, split: str = "test")
     return RetrievalData(corpus, queries, qrels)
 
 
-def reduce_retrieval(data: RetrievalData, limit: int, n_distractors: int | None = None, seed: int = 42) -> RetrievalData:
+def reduce_retrieval(data: RetrievalData, limit: int, n_distractors: int | None = None,
+                     seed: int = 42) -> RetrievalData:
     """``limit`` seeded queries, all of their relevant documents and ``n_distractors`` other documents."""
     rng = np.random.RandomState(seed)
     qids = sorted(data.queries)
