@@ -366,9 +366,10 @@ class GRACETrainer(GRPOTrainer):
             ) as unwrapped,
             torch.no_grad(),
         ):
-            out = unwrapped.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                     generation_config=self.generation_config,
-                                     logits_processor=LogitsProcessorList([RowTemperature(temps, base_t)]))
+            with ignoring_model_generation_config(unwrapped):  # GRACE's decoding rules only, as for vLLM
+                out = unwrapped.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                         generation_config=self.generation_config,
+                                         logits_processor=LogitsProcessorList([RowTemperature(temps, base_t)]))
         completions = []
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in self.eos_token_ids), None)
