@@ -14,6 +14,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from .checks import validate_config_values
 from .pooling import POOLING_METHODS
 from .prompts import DEFAULT_SYSTEM_PROMPT
 
@@ -48,8 +49,13 @@ class GRACESettings:
         path = os.path.join(directory, SETTINGS_FILE)
         if not os.path.isfile(path):
             return None
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); delete it or save the settings again") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of settings, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -90,6 +96,9 @@ class GRACEConfig(GRPOConfig):
             Sequences per forward pass when pooling embeddings for the reward.
         num_sample_rationales (`int`, *optional*, defaults to `2`):
             Rationales written to the log at every logging step.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            A fresh run into an `output_dir` that holds an earlier run is refused unless this is set (then
+            the old `rationale_samples.jsonl` and `checkpoint-*` folders are removed) or the run resumes.
     """
 
     mode: str = field(default="supervised", metadata={"help": "'supervised' or 'unsupervised'."})
@@ -116,8 +125,11 @@ class GRACEConfig(GRPOConfig):
     scale_rewards: str = field(default="none", metadata={"help": "GRACE: group mean baseline, no std scaling."})
     loss_type: str = field(default="grpo", metadata={"help": "GRPO loss aggregation (see GRPOConfig)."})
     remove_unused_columns: bool | None = field(default=False, metadata={"help": "Keep query/negatives columns."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start over in an output_dir that holds an earlier run (its samples and checkpoints are removed)."})
 
     def __post_init__(self):
+        validate_config_values(self)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.pooling not in POOLING_METHODS:
