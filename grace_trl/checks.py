@@ -144,16 +144,18 @@ def remove_orphaned_temp_files(output_dir: str) -> list[str]:
     return removed
 
 
-def resolve_resume_checkpoint(output_dir: str, resume) -> str | None:
+def resolve_resume_checkpoint(output_dir: str, resume, clean: bool = True) -> str | None:
     """Turn ``resume_from_checkpoint`` (None, bool, ``"last"``/``"true"`` or a path) into a complete checkpoint.
 
     ``True``/``"last"`` picks the newest *complete* checkpoint, skipping incomplete ones with a warning.
-    An explicit path must be complete.
+    An explicit path must be complete. ``clean`` removes temporary files of interrupted saves (main
+    process only).
     """
     if resume is None or resume is False or (isinstance(resume, str) and resume.lower() in ("", "false", "none")):
         return None
     if resume is True or (isinstance(resume, str) and resume.lower() in ("true", "last")):
-        remove_orphaned_temp_files(output_dir)
+        if clean:
+            remove_orphaned_temp_files(output_dir)
         skipped = []
         for _, path in checkpoint_dirs(output_dir):
             problem = checkpoint_problem(path)
@@ -183,11 +185,11 @@ def used_output_dir_entries(output_dir: str, samples_file: str) -> list[str]:
     return found
 
 
-def check_fresh_output_dir(output_dir: str, samples_file: str, resume, overwrite: bool) -> None:
+def check_fresh_output_dir(output_dir: str, samples_file: str, resume, overwrite: bool, remove: bool = True) -> None:
     """Refuse a fresh run into a used ``output_dir``; with ``overwrite`` clear what would mix.
 
     A new run there would append to the old rationale samples, and a later ``resume last`` could
-    pick up the old run's checkpoints.
+    pick up the old run's checkpoints. Only the main process passes ``remove``; every process refuses.
     """
     if resume not in (None, False) and not (isinstance(resume, str) and resume.lower() in ("", "false", "none")):
         return
@@ -199,6 +201,8 @@ def check_fresh_output_dir(output_dir: str, samples_file: str, resume, overwrite
             f"output_dir {output_dir} already holds a run ({', '.join(used[:6])}{', ...' if len(used) > 6 else ''}); "
             "pass overwrite_output_dir=True (--overwrite_output_dir true) to start over, "
             "resume_from_checkpoint=last to continue it, or choose another output_dir")
+    if not remove:
+        return
     removed = []
     samples = os.path.join(output_dir, samples_file)
     if os.path.isfile(samples):
