@@ -20,6 +20,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from .checks import validate_config_values
 from .files import atomic_write
 from .pooling import POOLING_METHODS
 from .prompts import DEFAULT_SYSTEM_PROMPT, normalize_system_prompt
@@ -54,8 +55,13 @@ class GRACESettings:
         path = os.path.join(directory, SETTINGS_FILE)
         if not os.path.isfile(path):
             return None
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); delete it or save the settings again") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of settings, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -123,6 +129,9 @@ class GRACEConfig(GRPOConfig):
         max_train_minutes (`float` or `None`, *optional*, defaults to `None`):
             Wall-clock training budget: training stops (and saves) after the step that crosses it, whatever
             `max_steps` says. Makes recipes comparable by compute rather than by step count.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            A fresh run into an `output_dir` that holds an earlier run is refused unless this is set (then
+            the old `rationale_samples.jsonl` and `checkpoint-*` folders are removed) or the run resumes.
     """
 
     mode: str = field(default="supervised", metadata={"help": "'supervised' or 'unsupervised'."})
@@ -165,8 +174,11 @@ class GRACEConfig(GRPOConfig):
     loss_type: str = field(default="dapo", metadata={
         "help": "Loss aggregation; 'dapo' = token mean over the batch, the reference implementation's 'token-mean'."})
     remove_unused_columns: bool | None = field(default=False, metadata={"help": "Keep query/negatives columns."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start over in an output_dir that holds an earlier run (its samples and checkpoints are removed)."})
 
     def __post_init__(self):
+        validate_config_values(self)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.pooling not in POOLING_METHODS:

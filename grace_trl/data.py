@@ -5,10 +5,14 @@ field instead of hours later inside a reward. Canonical columns after loading:
 
 * supervised: ``query`` (str), ``positive`` (str), ``negatives`` (list[str], same length per row)
 * unsupervised: ``text`` (str)
+
+Rows that repeat an earlier row exactly are reported as a warning with their row numbers, not an
+error (see :func:`warn_duplicate_rows`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -34,6 +38,7 @@ KNOWN_LAYOUTS = [
     {"query": "anchor", "positive": "entailment", "negatives": "contradiction"},
 ]
 MAX_REPORTED_ERRORS = 10
+logger = logging.getLogger(__name__)
 
 
 class DataValidationError(ValueError):
@@ -72,33 +77,51 @@ class _Rows(list):
         return _Rows([self[i] for i in indices], self.column_names)
 
 
+def _read_text(path: Path) -> str:
+    """The file as text; bytes that are not UTF-8 fail naming the file, line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        start = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise DataValidationError(f"{path}, line {line}, byte {column} of the line: not valid UTF-8 "
+                                  f"(byte {data[start:start + 1]!r}); re-save the file as UTF-8") from None
+
+
 def _read_local(path: Path) -> _Rows:
     import csv
+    import io
     import json
 
     suffix = path.suffix
     if suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
-            return _Rows(rows, reader.fieldnames or [])
+        text = _read_text(path)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+        if not reader.fieldnames:
+            raise DataValidationError(f"{path}: the file is empty (expected a header line and rows)")
+        if not rows:
+            raise DataValidationError(f"{path}: the file has a header ({', '.join(reader.fieldnames)}) but no rows")
+        return _Rows(rows, reader.fieldnames)
     if suffix == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataValidationError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
-                if not isinstance(row, dict):
-                    raise DataValidationError(f"{path}, line {line_no}: expected a JSON object, "
-                                              f"got {type(row).__name__}")
-                rows.append(row)
+        for line_no, line in enumerate(io.StringIO(_read_text(path), newline=None), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataValidationError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
+            if not isinstance(row, dict):
+                raise DataValidationError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     elif suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
+        try:
+            rows = json.loads(_read_text(path))
+        except json.JSONDecodeError as err:
+            raise DataValidationError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from err
         if not isinstance(rows, list):
             raise DataValidationError(f"{path}: expected a JSON list of objects")
     elif suffix == ".parquet":
@@ -106,13 +129,19 @@ def _read_local(path: Path) -> _Rows:
 
         rows = pq.read_table(path).to_pylist()
     elif suffix == ".txt":
-        with open(path, encoding="utf-8") as f:
-            return _Rows([{"text": line.rstrip("\n")} for line in f if line.strip()], ["text"])
+        rows = [{"text": line.rstrip("\n")} for line in io.StringIO(_read_text(path), newline=None) if line.strip()]
+        if not rows:
+            raise DataValidationError(f"{path}: the file is empty (expected one text per line)")
+        return _Rows(rows, ["text"])
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; "
                          "expected .jsonl, .json, .csv, .tsv, .parquet or .txt")
+    if not rows:
+        raise DataValidationError(f"{path}: the file is empty (no rows)")
     columns: dict[str, None] = {}
     for row in rows:
+        if not isinstance(row, dict):
+            raise DataValidationError(f"{path}: expected every row to be an object, got {type(row).__name__}")
         columns.update(dict.fromkeys(row))
     return _Rows(rows, columns)
 
@@ -160,6 +189,12 @@ def _check_text(value: Any, row: int, field: str, errors: list[str]) -> None:
                       f"got {type(value).__name__} {value!r:.60}")
     elif not value.strip():
         errors.append(f"row {row}, field '{field}': expected a non-empty string, got an empty string")
+    else:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            errors.append(f"row {row}, field '{field}': invalid Unicode at character {err.start} "
+                          f"({value[err.start]!r} is a lone surrogate)")
 
 
 def _raise(errors: list[str], total: int) -> None:
@@ -195,6 +230,7 @@ def normalize_rows(rows: Iterable[Mapping[str, Any]], mode: str, mapping: dict[s
         raise DataValidationError("supervised data needs both 'query' and 'positive' in column_mapping")
     out: dict[str, list] = {"query": [], "positive": [], "negatives": []}
     expected = num_negatives
+    expected_from = f"num_negatives={num_negatives}" if num_negatives is not None else None
     for i, row in enumerate(rows):
         before = len(errors)
         for field, col in (("query", q_col), ("positive", p_col)):
@@ -219,9 +255,9 @@ def normalize_rows(rows: Iterable[Mapping[str, Any]], mode: str, mapping: dict[s
             label = n_spec[j] if isinstance(n_spec, list) else (f"{n_spec}[{j}]" if len(negs) > 1 else n_spec)
             _check_text(neg, i, label, errors)
         if expected is None and len(errors) == before:
-            expected = len(negs)
+            expected, expected_from = len(negs), f"like row {i}"
         if expected is not None and len(negs) != expected and len(errors) == before:
-            errors.append(f"row {i}, field 'negatives': expected {expected} negative(s) like the other rows, "
+            errors.append(f"row {i}, field 'negatives': expected {expected} negative(s) ({expected_from}), "
                           f"got {len(negs)}")
         total_errors += len(errors) - before
         if len(errors) == before:
@@ -251,7 +287,53 @@ def load_grace_dataset(
     if limit is not None:
         raw = raw.select(range(min(limit, len(raw))))
     mapping = _resolve_mapping(list(raw.column_names), mode, parse_column_mapping(column_mapping))
-    return Dataset.from_dict(normalize_rows(raw, mode, mapping, num_negatives))
+    _check_mapped_columns(source, list(raw.column_names), mapping)
+    try:
+        columns = normalize_rows(raw, mode, mapping, num_negatives)
+    except DataValidationError as err:
+        raise DataValidationError(f"{source}: {err}") from None
+    return Dataset.from_dict(columns)
+
+
+def _check_mapped_columns(source: str, columns: list[str], mapping: dict[str, Any]) -> None:
+    """A column_mapping that names a column the data lacks fails once, listing the real columns."""
+    for field, spec in mapping.items():
+        for col in spec if isinstance(spec, list) else [spec]:
+            if col is not None and col not in columns:
+                raise DataValidationError(f"{source}: column_mapping {field}={col!r} names a column the data does "
+                                          f"not have; its columns are {columns}")
+
+
+def find_duplicate_rows(columns: Mapping[str, list], max_reported: int = 10) -> tuple[int, list[tuple[int, int]]]:
+    """``(count, [(row, first_row), ...])`` of rows identical to an earlier row in every column."""
+    names = list(columns)
+    seen: dict[tuple, int] = {}
+    pairs: list[tuple[int, int]] = []
+    count = 0
+    for i, values in enumerate(zip(*(columns[n] for n in names))):
+        key = tuple(tuple(v) if isinstance(v, list) else v for v in values)
+        first = seen.setdefault(key, i)
+        if first != i:
+            count += 1
+            if len(pairs) < max_reported:
+                pairs.append((i, first))
+    return count, pairs
+
+
+def warn_duplicate_rows(columns: Mapping[str, list]) -> int:
+    """Warn (not fail) about repeated rows, naming them; returns how many repeat an earlier row.
+
+    A copy that lands in the same batch becomes its own in-batch negative, which punishes exactly the
+    similarity training should reward. Large mined datasets often hold a few exact copies that are
+    harmless when shuffled apart, so this warns rather than refusing the data.
+    """
+    count, pairs = find_duplicate_rows(columns)
+    if count:
+        shown = ", ".join(f"row {i} repeats row {j}" for i, j in pairs)
+        more = ", ..." if count > len(pairs) else ""
+        logger.warning("%d duplicate row(s) in the training data (%s%s); a copy in the same batch becomes its own "
+                       "in-batch negative. Drop them, e.g. with pandas drop_duplicates", count, shown, more)
+    return count
 
 
 def validate_dataset(dataset, mode: str, num_negatives: int | None = None) -> None:
@@ -265,7 +347,7 @@ def validate_dataset(dataset, mode: str, num_negatives: int | None = None) -> No
     mapping = {f: f for f in fields if f in columns}
     if mode == "supervised":
         mapping.setdefault("negatives", None)
-    normalize_rows(dataset, mode, mapping, num_negatives)
+    warn_duplicate_rows(normalize_rows(dataset, mode, mapping, num_negatives))
 
 
 def add_prompts(dataset: Dataset, mode: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,

@@ -182,6 +182,27 @@ def _hub_settings(repo_id: str) -> GRACESettings | None:
     return GRACESettings.load(os.path.dirname(path))
 
 
+def _check_max_new_tokens(value, default: int) -> int:
+    """``None`` means the checkpoint's setting; 0 or a negative is an error, not the default."""
+    if value is None:
+        return int(default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1 (or None for the checkpoint's "
+                         f"{default}), got {value!r}")
+    return int(value)
+
+
+def _warn_trained_without_settings(path: str) -> None:
+    """A folder written by a Trainer but lacking ``grace_config.json`` would embed with defaults that may differ."""
+    from .config import SETTINGS_FILE
+
+    if any(os.path.isfile(os.path.join(path, f)) for f in ("trainer_state.json", "training_args.bin")):
+        defaults = GRACESettings()
+        logger.warning("%s was saved by a training run but has no %s; embedding with the defaults (the paper's "
+                       "system prompt, pooling=%s, max_new_tokens=%d). Pass settings=GRACESettings(...) if it was "
+                       "trained with others", path, SETTINGS_FILE, defaults.pooling, defaults.max_new_tokens)
+
+
 class GRACEEncoder:
     """Rationale-conditioned text encoder for GRACE checkpoints and plain causal LMs."""
 
@@ -241,6 +262,8 @@ class GRACEEncoder:
             dtype = getattr(torch, dtype)
         if settings is None:
             settings = GRACESettings.load(path) if os.path.isdir(path) else _hub_settings(path)
+            if settings is None and os.path.isdir(path):
+                _warn_trained_without_settings(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = _load_causal_lm(path, dtype, device)
         if backend == "hf":
@@ -301,7 +324,7 @@ class GRACEEncoder:
         show_progress_bar: bool = True,
     ) -> list[Rationale]:
         """Rationales for ``texts`` (from the cache where possible)."""
-        max_new_tokens = int(max_new_tokens or self.settings.max_new_tokens)
+        max_new_tokens = _check_max_new_tokens(max_new_tokens, self.settings.max_new_tokens)
         pe = self.prompt_encoder(system_prompt, instruction)
         prompts = [pe(t).input_ids for t in texts]
         # Sampling without a seed is not reproducible, so it is neither read from nor written to the cache.
@@ -374,12 +397,21 @@ class GRACEEncoder:
         settings (pass ``None`` to drop them).
         """
         single = isinstance(texts, str)
+        if not single and (texts is None or not hasattr(texts, "__iter__") or isinstance(texts, (bytes, dict))):
+            raise TypeError(f"encode() texts must be a str or a sequence of str, got {type(texts).__name__}")
         texts = [texts] if single else list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+            if not t.strip():
+                # the prompt would have no content span to pool, and the chat template may drop it
+                raise ValueError(f"texts[{i}] is empty; GRACE embeds a text through its content, so pass "
+                                 "non-empty strings")
         if not texts:
             raise ValueError("encode() got no texts")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"encode() batch_size must be an integer >= 1, got {batch_size!r}")
+        _check_max_new_tokens(max_new_tokens, self.settings.max_new_tokens)
         if isinstance(self.generator, HFRationaleGenerator):
             self.generator.batch_size = batch_size
         pe = self.prompt_encoder(system_prompt, instruction)

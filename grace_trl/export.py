@@ -80,8 +80,8 @@ def merge_adapter(checkpoint: str, output: str, base_model: str | None = None, d
     base = base_model or adapter_base_model(checkpoint)
     if not base:
         raise ValueError(f"{checkpoint}/adapter_config.json names no base_model_name_or_path; pass --base-model")
-    base_path = resolve_model_name(base)
     try:
+        base_path = resolve_model_name(base)
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype or "auto")
     except OSError as exc:
         raise OSError(f"cannot load the base model {base!r} of adapter {checkpoint} ({exc}); pass --base-model with "

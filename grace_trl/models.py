@@ -73,8 +73,28 @@ def prepare_alias(alias: str, force: bool = False) -> str:
     return str(target)
 
 
+def _looks_like_local_path(name: str) -> bool:
+    """A Hub id is ``name`` or ``owner/name``; anything else that names a path is meant to be local."""
+    return (os.path.isabs(name) or name.startswith(("./", "../", "~", ".\\")) or name in (".", "..")
+            or name.count("/") > 1 or os.sep != "/" and os.sep in name)
+
+
+def check_local_model_folder(path: str) -> None:
+    """Fail naming ``path`` when a local folder cannot hold a model, before transformers guesses at it."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model path {path} does not exist (not a folder, and not a Hub id of the "
+                                "form 'owner/name')")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
+        content = sorted(os.listdir(path))
+        listing = f"it holds {content[:8]}" if content else "it is empty"
+        raise FileNotFoundError(f"model folder {path} has no config.json or adapter_config.json ({listing}); "
+                                "point to a saved checkpoint folder")
+
+
 def resolve_model_name(name_or_path: str) -> str:
-    """Map an alias to its prepared local checkpoint; pass paths and Hub ids through unchanged."""
+    """Map an alias to its prepared local checkpoint; check local paths; pass Hub ids through unchanged."""
     if name_or_path in MODEL_ALIASES:
         return prepare_alias(name_or_path)
+    if isinstance(name_or_path, str) and (os.path.isdir(name_or_path) or _looks_like_local_path(name_or_path)):
+        check_local_model_folder(os.path.expanduser(name_or_path))
     return name_or_path

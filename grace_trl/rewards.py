@@ -25,9 +25,12 @@ A rollout cut at the length limit without EOS gets R = −γ instead.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 GRACE_REWARD_NAME = "grace"
 
@@ -78,38 +81,69 @@ def grace_reward_components(
         raise ValueError(f"expected {B} anchor vectors (one per group), got {batch.anchors.shape[0]}")
     p = batch.policy.float().view(B, G, -1)
     a = batch.anchors.float()
+    n = batch.negatives.float() if mode == "supervised" and batch.negatives is not None else None
+    if n is not None and n.shape[1] == 0:
+        n = None
+    # A non-finite vector is left out of every term (as if absent) instead of turning the whole
+    # batch NaN through the consistency and cross-group terms; see ``dropped`` below.
+    ok_p = torch.isfinite(p).all(-1)  # (B, G)
+    ok_a = torch.isfinite(a).all(-1)  # (B,)
+    ok_n = torch.isfinite(n).all(-1) if n is not None else None  # (B, n)
+    if not (ok_p.all() and ok_a.all() and (ok_n is None or ok_n.all())):
+        p, a = p.nan_to_num(0.0, 0.0, 0.0), a.nan_to_num(0.0, 0.0, 0.0)
+        n = n.nan_to_num(0.0, 0.0, 0.0) if n is not None else None
     zeros = torch.zeros(B, G, device=p.device)
 
     pos = torch.einsum("bd,bgd->bg", a, p)  # cos(anchor_g, rollout_k)
-    consistency = _mean_over_others(torch.einsum("bgd,bhd->bgh", p, p))
+    if ok_p.all():
+        consistency = _mean_over_others(torch.einsum("bgd,bhd->bgh", p, p))
+    else:
+        sim = torch.einsum("bgd,bhd->bgh", p, p) * ok_p.unsqueeze(1)  # only finite partners j
+        others = (ok_p.sum(-1, keepdim=True) - ok_p.float()).clamp(min=1)
+        consistency = (sim.sum(-1) - torch.diagonal(sim, dim1=-2, dim2=-1)) / others
     other = ~torch.eye(B, dtype=torch.bool, device=p.device)  # [g, g'] true when g' ≠ g
+    # a group whose anchor or every negative is not finite is dropped, from its own reward and the others'
+    group_ok = ok_a & (ok_n.any(-1) if ok_n is not None else True)
 
     neg = zeros
-    if mode == "supervised" and batch.negatives is not None and batch.negatives.shape[1] > 0:
-        n = batch.negatives.float()
+    if n is not None:
+        weights = ok_n.float() / ok_n.float().sum(-1, keepdim=True).clamp(min=1)  # mean over finite negatives
         if variant == "paper":
-            neg = torch.einsum("bd,bnd->bn", a, n).mean(-1, keepdim=True).expand(B, G)
+            neg = (torch.einsum("bd,bnd->bn", a, n) * weights).sum(-1, keepdim=True).expand(B, G)
         else:
-            neg = torch.einsum("bgd,bnd->bgn", p, n).mean(-1)
+            neg = (torch.einsum("bgd,bnd->bgn", p, n) * weights.unsqueeze(1)).sum(-1)
 
     cross = zeros
     if B > 1:
         if mode == "supervised" and variant == "paper":
             # q_g against every rollout of every group: (B, B, G) -> max over l -> mean over g' != g
-            qp = torch.einsum("bd,cgd->bcg", a, p).amax(-1)
-            cross = ((qp * other).sum(-1) / (B - 1)).unsqueeze(1).expand(B, G)
+            qp = torch.einsum("bd,cgd->bcg", a, p).masked_fill(~ok_p.unsqueeze(0), float("-inf")).amax(-1)
+            use = other & (ok_p.any(-1) & group_ok).unsqueeze(0)
+            cross = ((qp.masked_fill(~use, 0.0)).sum(-1) / use.sum(-1).clamp(min=1)).unsqueeze(1).expand(B, G)
         elif mode == "supervised":
-            pq = torch.einsum("bgd,cd->bgc", p, a).masked_fill(~other.unsqueeze(1), float("-inf"))
+            use = other & group_ok.unsqueeze(0)
+            pq = torch.einsum("bgd,cd->bgc", p, a).masked_fill(~use.unsqueeze(1), float("-inf"))
             cross = pq.amax(-1)
+            cross = torch.where(torch.isfinite(cross), cross, torch.zeros_like(cross))
         else:
-            pa = torch.einsum("bgd,cd->bgc", p, a) * other.unsqueeze(1)
-            cross = pa.sum(-1) / (B - 1)
+            use = other & group_ok.unsqueeze(0)
+            pa = torch.einsum("bgd,cd->bgc", p, a) * use.unsqueeze(1)
+            cross = pa.sum(-1) / use.sum(-1, keepdim=True).clamp(min=1)
 
     raw = (pos - neg + lambda_consistency * consistency - lambda_cross * cross) / tau
     trunc = batch.truncated.view(B, G).to(p.device)
     reward = torch.where(trunc, torch.full_like(raw, -float(truncation_penalty)), raw)
+    # Unscorable: a rollout's own vector, its group's anchor or every negative of the group is not
+    # finite, or the reward itself overflowed. Such a rollout gets the mean reward of the scorable
+    # rollouts of its group (zero advantage, baseline unchanged); a group with none gets 0 throughout.
+    dropped = ~((ok_p | trunc) & group_ok.unsqueeze(1)) | ~torch.isfinite(reward)
+    if dropped.any():
+        kept = (~dropped).float()
+        fill = (reward.nan_to_num(0.0) * kept).sum(-1, keepdim=True) / kept.sum(-1, keepdim=True).clamp(min=1)
+        reward = torch.where(dropped, fill.expand(B, G), reward)
     flat = lambda t: t.reshape(-1)  # noqa: E731
     return {
+        "dropped": flat(dropped),
         "reward": flat(reward),
         "raw": flat(raw),
         "pos_sim": flat(pos),
@@ -149,8 +183,12 @@ class GRACEReward:
         local = comps["reward"][batch.local]
         if len(local) != len(prompts):
             raise ValueError(f"GRACE embeddings cover {len(local)} local rollouts but {len(prompts)} were scored")
+        dropped = comps["dropped"]
+        if dropped.any():
+            self._report_nonfinite(batch, dropped)
         if log_metric is not None:
-            ok = ~batch.truncated.to(comps["raw"].device)
+            log_metric("grace/dropped_rollouts", float(dropped.sum().item()))
+            ok = ~batch.truncated.to(comps["raw"].device) & ~dropped
             for name in ("pos_sim", "neg_sim", "margin", "consistency", "cross", "raw"):
                 values = comps[name][ok]
                 if values.numel():
@@ -158,6 +196,23 @@ class GRACEReward:
             log_metric("grace/truncation_rate", batch.truncated.float().mean().item())
             log_metric("grace/rationale_length", batch.completion_lengths.float().mean().item())
         return local.tolist()
+
+    def _report_nonfinite(self, batch: RolloutEmbeddings, dropped: torch.Tensor) -> None:
+        """Name the rows whose vectors (or rewards) were not finite; counted in ``num_dropped``."""
+        from .checks import nonfinite_rows
+
+        self.num_dropped = getattr(self, "num_dropped", 0) + int(dropped.sum().item())
+        parts = []
+        if rows := nonfinite_rows(batch.policy):
+            parts.append(f"rollout rows {rows[:10]}")
+        if groups := nonfinite_rows(batch.anchors):
+            parts.append(f"anchor of groups {groups[:10]}")
+        if batch.negatives is not None and (groups := nonfinite_rows(batch.negatives)):
+            parts.append(f"negatives of groups {groups[:10]}")
+        what = ", ".join(parts) or "rewards overflowed"
+        logger.warning("GRACE reward: non-finite values (%s); rollout rows %s get zero advantage "
+                       "(%d dropped so far). Check the model's dtype and learning rate", what,
+                       dropped.nonzero(as_tuple=True)[0].tolist()[:10], self.num_dropped)
 
 
 def think_format_reward(completions, **kwargs) -> list[float]:

@@ -25,6 +25,17 @@ from transformers.trainer_utils import IntervalStrategy
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
+from .checks import (
+    StepHealth,
+    check_fresh_output_dir,
+    check_text_lengths,
+    checkpoint_step,
+    context_length,
+    finite_or_none,
+    remove_orphaned_temp_files,
+    resolve_resume_checkpoint,
+    trim_samples,
+)
 from .config import GRACEConfig
 from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
 from .generation import ignoring_model_generation_config
@@ -88,6 +99,8 @@ class GRACETrainer(GRPOTrainer):
         train_dataset = self._prepare_dataset(train_dataset, args, "train_dataset")
         if eval_dataset is not None:
             eval_dataset = self._prepare_dataset(eval_dataset, args, "eval_dataset")
+        self._check_context_fits(model, processing_class, args, {"train_dataset": train_dataset,
+                                                                 "eval_dataset": eval_dataset})
         build_ctx = nullcontext()
         if args.use_vllm and args.vllm_mode == "colocate":
             # On CPU, vLLM repacks linear weights after loading and TRL's weight sync cannot reach them;
@@ -486,7 +499,7 @@ class GRACETrainer(GRPOTrainer):
                 "step": int(self.state.global_step),
                 "text": inputs[i].get("positive", inputs[i].get("text")),
                 "rationale": text,
-                "reward": float(rewards_per_func[batch.local][i].sum()),
+                "reward": finite_or_none(rewards_per_func[batch.local][i].sum()),
                 "truncated": bool(batch.truncated[batch.local][i]),
             }
             anchor_idx = (i // G) * (1 + (batch.negatives.shape[1] if batch.negatives is not None else 0))
@@ -497,7 +510,95 @@ class GRACETrainer(GRPOTrainer):
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, SAMPLES_FILE), "a", encoding="utf-8") as f:
             for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.write(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n")
+
+    # ----------------------------------------------------------- reliability
+    @staticmethod
+    def _check_context_fits(model, processing_class, args: GRACEConfig, datasets: dict) -> None:
+        """Refuse texts whose prompt + ``max_completion_length`` exceeds the model's context, before it loads.
+
+        Such a row does not fail: it runs out of memory or for hours, or the model silently reads past
+        the positions it was trained on.
+        """
+        from transformers import AutoConfig, AutoTokenizer
+
+        named = [(n, d) for n, d in datasets.items() if isinstance(d, Dataset)]
+        named += [(f"{n}[{k}]", v) for n, d in datasets.items() if isinstance(d, dict)
+                  for k, v in d.items() if isinstance(v, Dataset)]
+        if not named:
+            return
+        model_config = AutoConfig.from_pretrained(model) if isinstance(model, str) else getattr(model, "config", None)
+        context = context_length(model_config) if model_config is not None else None
+        if context is None:
+            return
+        tokenizer = processing_class
+        if tokenizer is None:
+            source = model if isinstance(model, str) else getattr(model_config, "_name_or_path", None)
+            if not source:
+                return
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        encoder = PromptEncoder(tokenizer, args.system_prompt, args.instruction, args.chat_template_kwargs)
+        overhead = len(encoder("x").input_ids)
+
+        def count(texts):
+            return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+        fields = ("query", "positive", "negatives") if args.mode == "supervised" else ("text",)
+        for name, dataset in named:
+            def rows(dataset=dataset):
+                for field in (f for f in fields if f in dataset.column_names):
+                    for i, value in enumerate(dataset[field]):
+                        for j, text in enumerate(value if isinstance(value, list) else [value]):
+                            yield i, field if not isinstance(value, list) else f"{field}[{j}]", text
+            try:
+                check_text_lengths(rows(), count, overhead, args.max_completion_length, context)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Train, refusing to mix runs: a fresh run needs an unused ``output_dir`` (or
+        ``overwrite_output_dir``); a resumed one picks the newest *complete* checkpoint for
+        ``True``/``"last"`` and drops the rationale samples of the steps it will redo.
+        """
+        main = self.accelerator.is_main_process
+        output_dir = self.args.output_dir
+        check_fresh_output_dir(output_dir, SAMPLES_FILE, resume_from_checkpoint, self.args.overwrite_output_dir,
+                               remove=main)
+        checkpoint = resolve_resume_checkpoint(output_dir, resume_from_checkpoint, clean=main)
+        if checkpoint is not None and main:
+            remove_orphaned_temp_files(output_dir)
+            trim_samples(os.path.join(output_dir, SAMPLES_FILE), checkpoint_step(checkpoint))
+        self.accelerator.wait_for_everyone()
+        self._step_health = StepHealth()
+        result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
+                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        health = self._step_health
+        if health.zero_advantage:
+            logger.warning("%d generation batch(es) of this run learned nothing (%d with every rollout truncated); "
+                           "see the warnings above", health.zero_advantage, health.all_truncated)
+        return result
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.model.training:
+            self._record_step_health(output)
+        return output
+
+    def _record_step_health(self, output) -> None:
+        """Warn about (and log) generation batches that cannot move the policy."""
+        health = getattr(self, "_step_health", None)
+        if health is None:
+            health = self._step_health = StepHealth()
+        ids, mask = output["completion_ids"], output["completion_mask"].bool()
+        truncated = torch.tensor([self._is_truncated(row[m].tolist()) for row, m in zip(ids, mask)],
+                                 dtype=torch.float32, device=ids.device)
+        truncated = self.accelerator.gather(truncated)
+        max_adv = self.accelerator.gather(output["advantages"].detach().abs().float().reshape(-1)).max()
+        metrics = health.update(int(self.state.global_step), float(truncated.mean()), float(max_adv),
+                                int(self.args.max_completion_length))
+        for key, value in metrics.items():
+            self._metrics["train"][key].append(value)
 
     # ---------------------------------------------------------------- saving
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):

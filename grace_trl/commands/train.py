@@ -45,6 +45,7 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
     from ..trainer import GRACETrainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    checkpoint = _check_output_dir(training_args)
     dataset = load_grace_dataset(
         script_args.dataset_name, mode=training_args.mode, column_mapping=script_args.column_mapping,
         split=script_args.dataset_split, dataset_config=script_args.dataset_config,
@@ -65,9 +66,6 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
         train_dataset=dataset,
         peft_config=get_peft_config(model_args),
     )
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint in ("true", "True", "last"):
-        checkpoint = True
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
@@ -75,6 +73,22 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
         logger.info("saved GRACE checkpoint to %s (curves: training_curves.csv/png there)",
                     os.path.abspath(training_args.output_dir))
     return trainer
+
+
+def _check_output_dir(training_args: GRACEConfig) -> str | None:
+    """Before anything loads: refuse a fresh run into a used output_dir; resolve ``last`` to a complete checkpoint."""
+    from accelerate import PartialState
+
+    from ..checks import check_fresh_output_dir, resolve_resume_checkpoint
+    from ..trainer import SAMPLES_FILE
+
+    main = PartialState().is_main_process
+    resume = training_args.resume_from_checkpoint
+    check_fresh_output_dir(training_args.output_dir, SAMPLES_FILE, resume, training_args.overwrite_output_dir,
+                           remove=main)
+    checkpoint = resolve_resume_checkpoint(training_args.output_dir, resume, clean=main)
+    PartialState().wait_for_everyone()
+    return checkpoint
 
 
 def main(argv=None) -> int:

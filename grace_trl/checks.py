@@ -1,0 +1,338 @@
+"""Reliability checks shared by the config, the trainer and the train command.
+
+A wrong value should fail before the model loads and name its key; a run should never mix with an
+older one in the same ``output_dir``; a step that cannot learn should say so instead of finishing
+quietly with loss 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import os
+import re
+import shutil
+from typing import Iterable
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+# safetensors writes into ``.tmpXXXXXX`` next to the target and renames it; a kill leaves the file behind.
+TEMP_FILE_RE = re.compile(r"^\.tmp\w+$|\.tmp$")
+# Consecutive steps without learning signal before the warning adds what to change.
+DEAD_STEP_HINT_AFTER = 3
+
+
+# ------------------------------------------------------------------ config values
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _describe(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_number(name: str, value, minimum: float, strict: bool = False, integer: bool = False,
+                 owner: str = "GRACEConfig") -> None:
+    """Raise a one-line error naming ``name`` unless ``value`` is a finite number ≥ (or >) ``minimum``."""
+    kind = "an integer" if integer else "a number"
+    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+    ok_type = _is_int(value) if integer else _is_real(value)
+    if not ok_type or not math.isfinite(float(value)) or (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{owner}: {name} must be {kind} {bound}, got {_describe(value)}")
+
+
+def validate_config_values(cfg) -> None:
+    """Type and range checks for GRACE's fields and the GRPO fields GRACE depends on.
+
+    Runs at the start of ``GRACEConfig.__post_init__``: a YAML typo fails here, naming the key,
+    instead of as a TypeError inside the reward or after the model has loaded.
+    """
+    for name in ("tau",):
+        check_number(name, getattr(cfg, name), 0, strict=True)
+    for name in ("lambda_consistency", "lambda_cross", "truncation_penalty", "anchor_temperature", "learning_rate"):
+        check_number(name, getattr(cfg, name), 0)
+    check_number("temperature", cfg.temperature, 0, strict=True)
+    for name in ("max_completion_length", "embedding_batch_size", "per_device_train_batch_size"):
+        check_number(name, getattr(cfg, name), 1, integer=True)
+    for name in ("num_negatives", "num_sample_rationales"):
+        check_number(name, getattr(cfg, name), 0, integer=True)
+    if cfg.num_generations is not None:
+        check_number("num_generations", cfg.num_generations, 1, integer=True)
+    if not _is_int(cfg.max_steps):
+        raise ValueError(f"GRACEConfig: max_steps must be an integer (-1 for epochs), got {_describe(cfg.max_steps)}")
+    for name in ("system_prompt", "instruction"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"GRACEConfig: {name} must be a string or null, got {_describe(value)}")
+
+
+# ------------------------------------------------------------------ non-finite values
+def finite_or_none(value) -> float | None:
+    """A float for JSON, or None for NaN/±inf (bare NaN is not JSON)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------ output_dir and checkpoints
+def checkpoint_dirs(output_dir: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of every ``checkpoint-N`` folder, newest step first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        m = CHECKPOINT_RE.match(name)
+        if m and os.path.isdir(os.path.join(output_dir, name)):
+            found.append((int(m.group(1)), os.path.join(output_dir, name)))
+    return sorted(found, reverse=True)
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why ``path`` cannot be resumed from, or None when it is complete.
+
+    The Trainer writes ``trainer_state.json`` after the weights, optimizer and RNG state, so a save
+    interrupted at any point lacks it (or holds a truncated copy).
+    """
+    if not os.path.isdir(path):
+        return "not a folder"
+    state = os.path.join(path, TRAINER_STATE)
+    if not os.path.isfile(state):
+        return f"no {TRAINER_STATE} (the save was interrupted)"
+    try:
+        with open(state, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"{TRAINER_STATE} is not valid JSON ({err})"
+    if not isinstance(data, dict) or not _is_int(data.get("global_step")):
+        return f"{TRAINER_STATE} has no global_step"
+    if not any(os.path.isfile(os.path.join(path, w)) for w in WEIGHT_FILES):
+        return "no model weights"
+    return None
+
+
+def checkpoint_step(path: str) -> int:
+    with open(os.path.join(path, TRAINER_STATE), encoding="utf-8") as f:
+        return int(json.load(f)["global_step"])
+
+
+def remove_orphaned_temp_files(output_dir: str) -> list[str]:
+    """Delete temporary files left by saves that were killed (in ``output_dir`` and its checkpoints).
+
+    Only called when this run owns ``output_dir`` (resuming or overwriting), so no save is in flight.
+    """
+    removed = []
+    folders = [output_dir] + [p for _, p in checkpoint_dirs(output_dir)]
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if TEMP_FILE_RE.search(name) and os.path.isfile(path):
+                os.remove(path)
+                removed.append(path)
+    if removed:
+        logger.warning("removed %d temporary file(s) left by an interrupted save: %s", len(removed),
+                       ", ".join(removed))
+    return removed
+
+
+def resolve_resume_checkpoint(output_dir: str, resume, clean: bool = True) -> str | None:
+    """Turn ``resume_from_checkpoint`` (None, bool, ``"last"``/``"true"`` or a path) into a complete checkpoint.
+
+    ``True``/``"last"`` picks the newest *complete* checkpoint, skipping incomplete ones with a warning.
+    An explicit path must be complete. ``clean`` removes temporary files of interrupted saves (main
+    process only).
+    """
+    if resume is None or resume is False or (isinstance(resume, str) and resume.lower() in ("", "false", "none")):
+        return None
+    if resume is True or (isinstance(resume, str) and resume.lower() in ("true", "last")):
+        if clean:
+            remove_orphaned_temp_files(output_dir)
+        skipped = []
+        for _, path in checkpoint_dirs(output_dir):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                for bad_path, why in skipped:
+                    logger.warning("resume: skipping incomplete checkpoint %s (%s); resuming from %s",
+                                   bad_path, why, path)
+                return path
+            skipped.append((path, problem))
+        detail = "; ".join(f"{p}: {why}" for p, why in skipped) or "no checkpoint-N folders"
+        raise ValueError(f"resume_from_checkpoint={resume!r}: no complete checkpoint in {output_dir} ({detail})")
+    path = str(resume)
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"resume_from_checkpoint {path}: cannot resume from it: {problem}")
+    return path
+
+
+def used_output_dir_entries(output_dir: str, samples_file: str) -> list[str]:
+    """What in ``output_dir`` shows that a run already wrote there."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = set(os.listdir(output_dir))
+    markers = [samples_file, TRAINER_STATE, "grace_config.json", *WEIGHT_FILES]
+    found = [n for n in markers if n in names]
+    found += [os.path.basename(p) for _, p in sorted(checkpoint_dirs(output_dir))]
+    return found
+
+
+def check_fresh_output_dir(output_dir: str, samples_file: str, resume, overwrite: bool, remove: bool = True) -> None:
+    """Refuse a fresh run into a used ``output_dir``; with ``overwrite`` clear what would mix.
+
+    A new run there would append to the old rationale samples, and a later ``resume last`` could
+    pick up the old run's checkpoints. Only the main process passes ``remove``; every process refuses.
+    """
+    if resume not in (None, False) and not (isinstance(resume, str) and resume.lower() in ("", "false", "none")):
+        return
+    used = used_output_dir_entries(output_dir, samples_file)
+    if not used:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"output_dir {output_dir} already holds a run ({', '.join(used[:6])}{', ...' if len(used) > 6 else ''}); "
+            "pass overwrite_output_dir=True (--overwrite_output_dir true) to start over, "
+            "resume_from_checkpoint=last to continue it, or choose another output_dir")
+    if not remove:
+        return
+    removed = []
+    samples = os.path.join(output_dir, samples_file)
+    if os.path.isfile(samples):
+        os.remove(samples)
+        removed.append(samples_file)
+    for _, path in checkpoint_dirs(output_dir):
+        shutil.rmtree(path)
+        removed.append(os.path.basename(path))
+    remove_orphaned_temp_files(output_dir)
+    if removed:
+        logger.warning("overwrite_output_dir: removed %s from %s", ", ".join(removed), output_dir)
+
+
+def trim_samples(samples_path: str, step: int) -> int:
+    """Drop records of steps ≥ ``step`` (they are about to be redone); returns how many were dropped.
+
+    Written to a temporary file and renamed, so a kill during trimming keeps the old file.
+    """
+    if not os.path.isfile(samples_path):
+        return 0
+    kept, dropped = [], 0
+    with open(samples_path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record_step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                # a line cut by a kill during the write: it belongs to a step being redone
+                dropped += 1
+                continue
+            if record_step >= step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = samples_path + ".trim.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, samples_path)
+        logger.info("resume: removed %d rationale sample(s) of steps >= %d from %s", dropped, step, samples_path)
+    return dropped
+
+
+# ------------------------------------------------------------------ texts vs the model's context
+def context_length(model_config) -> int | None:
+    """Positions the model can attend to, from its config (None when it does not say)."""
+    cfg = getattr(model_config, "text_config", None) or model_config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if _is_int(value) and value > 0:
+            return int(value)
+    return None
+
+
+def check_text_lengths(rows: Iterable[tuple[int, str, str]], count_tokens, prompt_overhead: int,
+                       max_completion_length: int, context: int, max_reported: int = 10) -> None:
+    """Fail when a prompt plus ``max_completion_length`` cannot fit the model's context.
+
+    ``rows`` yields ``(row, field, text)``; ``count_tokens`` maps a list of texts to token counts.
+    Texts whose UTF-8 size alone fits are not tokenized (no token is shorter than one byte).
+    """
+    budget = context - max_completion_length - prompt_overhead
+    if budget <= 0:
+        raise ValueError(f"max_completion_length ({max_completion_length}) plus the prompt template "
+                         f"({prompt_overhead} tokens) leaves no room in the model's context of {context} tokens")
+    candidates = [(r, f, t) for r, f, t in rows if len(t.encode("utf-8", "surrogatepass")) > budget]
+    if not candidates:
+        return
+    counts = count_tokens([t for _, _, t in candidates])
+    too_long = [(r, f, n) for (r, f, _), n in zip(candidates, counts) if n > budget]
+    if not too_long:
+        return
+    shown = "; ".join(f"row {r}, field '{f}': {n} tokens" for r, f, n in too_long[:max_reported])
+    more = f" (and {len(too_long) - max_reported} more)" if len(too_long) > max_reported else ""
+    raise ValueError(
+        f"{len(too_long)} text(s) do not fit the model's context of {context} tokens with the prompt template "
+        f"({prompt_overhead}) and max_completion_length ({max_completion_length}); at most {budget} tokens per text: "
+        f"{shown}{more}. Shorten or drop these rows, or lower max_completion_length")
+
+
+# ------------------------------------------------------------------ steps that cannot learn
+class StepHealth:
+    """Counts generation batches that carry no learning signal and warns about them."""
+
+    def __init__(self, hint_after: int = DEAD_STEP_HINT_AFTER):
+        self.hint_after = hint_after
+        self.all_truncated = 0
+        self.zero_advantage = 0
+        self.consecutive = 0
+
+    def update(self, step: int, truncated_fraction: float, max_abs_advantage: float, max_completion_length: int,
+               tol: float = 1e-8) -> dict[str, float]:
+        """Record one generation batch; returns its metrics (1.0 when it learns nothing)."""
+        all_truncated = truncated_fraction >= 1.0
+        dead = all_truncated or max_abs_advantage <= tol
+        self.all_truncated += int(all_truncated)
+        self.zero_advantage += int(dead)
+        self.consecutive = self.consecutive + 1 if dead else 0
+        if all_truncated:
+            logger.warning("step %d: every rollout hit max_completion_length=%d without EOS, so every reward is the "
+                           "truncation penalty and no advantage is non-zero: this step learns nothing "
+                           "(%d such step(s) so far)", step, max_completion_length, self.all_truncated)
+        elif dead:
+            logger.warning("step %d: all advantages are zero (every group's rollouts scored the same): this step "
+                           "learns nothing (%d such step(s) so far)", step, self.zero_advantage)
+        if dead and self.consecutive == self.hint_after:
+            logger.warning(
+                "%d steps in a row learned nothing. Raise max_completion_length (now %d) or ask for a shorter "
+                "rationale in system_prompt/instruction so that rollouts end with EOS; check grace/truncation_rate "
+                "and frac_reward_zero_std in the logs", self.consecutive, max_completion_length)
+        # 0/1 per batch: TRL averages metrics over the logging interval, so the log shows the fraction
+        return {"grace/all_truncated": float(all_truncated), "grace/zero_advantage": float(dead)}
+
+
+def nonfinite_rows(values) -> list[int]:
+    """Indices of rows (first dimension) that hold any NaN/inf."""
+    import torch
+
+    t = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    if t.ndim == 1:
+        bad = ~torch.isfinite(t)
+    else:
+        bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(-1)
+    return bad.nonzero(as_tuple=True)[0].tolist()
+
+
+__all__ = [
+    "StepHealth", "check_fresh_output_dir", "check_number", "check_text_lengths", "checkpoint_problem",
+    "context_length", "finite_or_none", "remove_orphaned_temp_files", "resolve_resume_checkpoint", "trim_samples",
+    "validate_config_values",
+]
