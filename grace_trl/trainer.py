@@ -336,6 +336,8 @@ class GRACETrainer(GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._grace_rows = None
+        if self.model.training:
+            self._record_step_health(output)
         if self._grace_contrastive is not None:
             _, group_ids, offsets = self._grace_contrastive
             output["grace_group"] = group_ids
@@ -578,12 +580,6 @@ class GRACETrainer(GRPOTrainer):
             logger.warning("%d generation batch(es) of this run learned nothing (%d with every rollout truncated); "
                            "see the warnings above", health.zero_advantage, health.all_truncated)
         return result
-
-    def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        if self.model.training:
-            self._record_step_health(output)
-        return output
 
     def _record_step_health(self, output) -> None:
         """Warn about (and log) generation batches that cannot move the policy."""
