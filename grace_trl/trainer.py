@@ -266,10 +266,18 @@ class GRACETrainer(GRPOTrainer):
 
     # ---------------------------------------------------------------- saving
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Save the checkpoint plus ``grace_config.json`` so an encoder embeds exactly as training did."""
+        """Save the checkpoint plus ``grace_config.json`` so an encoder embeds exactly as training did.
+
+        sentence-transformers' files are written as well: ``SentenceTransformer(path, trust_remote_code=True)``
+        then gives GRACE's no-rationale embedding.
+        """
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            self.args.grace_settings().save(output_dir or self.args.output_dir)
+            from .st_module import write_sentence_transformers_files
+
+            settings = self.args.grace_settings()
+            settings.save(output_dir or self.args.output_dir)
+            write_sentence_transformers_files(output_dir or self.args.output_dir, settings)
 
 
 __all__ = ["GRACETrainer", "GRACEReward"]

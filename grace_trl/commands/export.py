@@ -126,6 +126,11 @@ def export_checkpoint(checkpoint: str, output: str, mode: str = "merge", base_mo
         files = _copy_matching(checkpoint, output, MODEL_FILE_PATTERNS + TOKENIZER_FILE_PATTERNS)
         summary["files"] = files
     summary["grace_config"] = _copy_settings(checkpoint, output)
+    from ..config import GRACESettings
+    from ..st_module import write_sentence_transformers_files
+
+    # SentenceTransformer(output, trust_remote_code=True) embeds as GRACEEncoder(use_rationale=False)
+    write_sentence_transformers_files(output, GRACESettings.load(output) or GRACESettings())
     return summary
 
 
