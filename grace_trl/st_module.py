@@ -136,7 +136,8 @@ def sentence_transformer(model, tokenizer, settings: GRACESettings | None = None
                                device=str(next(model.parameters()).device), similarity_fn_name="cosine")
 
 
-def write_sentence_transformers_files(folder: str, settings: GRACESettings | None = None) -> None:
+def write_sentence_transformers_files(folder: str, settings: GRACESettings | None = None,
+                                      max_seq_length: int | None = None) -> None:
     """Add sentence-transformers' configuration to a saved checkpoint folder; its weights stay as saved.
 
     sentence-transformers writes its own files into a scratch folder (no weights: the module runs in
@@ -148,7 +149,7 @@ def write_sentence_transformers_files(folder: str, settings: GRACESettings | Non
     settings = settings or GRACESettings.load(folder)
     if settings is None:
         raise FileNotFoundError(f"{folder} has no {SETTINGS_FILE}; save the GRACE settings first")
-    module = GRACETransformer(None, None, settings, save_weights=False)
+    module = GRACETransformer(None, None, settings, max_seq_length=max_seq_length, save_weights=False)
     st_model = SentenceTransformer(modules=[module, Normalize()], device="cpu", similarity_fn_name="cosine")
     with tempfile.TemporaryDirectory() as tmp:
         st_model.save(tmp, create_model_card=False)

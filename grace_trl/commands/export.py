@@ -62,7 +62,8 @@ def _copy_settings(checkpoint: str, output: str) -> bool:
     if os.path.isfile(src):
         shutil.copy2(src, os.path.join(output, SETTINGS_FILE))
         return True
-    logger.warning("%s has no %s: encoders will fall back to GRACE's default prompt settings", checkpoint, SETTINGS_FILE)
+    logger.warning("%s has no %s: encoders will fall back to GRACE's default prompt settings, and no "
+                   "sentence-transformers files are written", checkpoint, SETTINGS_FILE)
     return False
 
 
@@ -126,11 +127,11 @@ def export_checkpoint(checkpoint: str, output: str, mode: str = "merge", base_mo
         files = _copy_matching(checkpoint, output, MODEL_FILE_PATTERNS + TOKENIZER_FILE_PATTERNS)
         summary["files"] = files
     summary["grace_config"] = _copy_settings(checkpoint, output)
-    from ..config import GRACESettings
-    from ..st_module import write_sentence_transformers_files
+    if summary["grace_config"]:
+        from ..st_module import write_sentence_transformers_files
 
-    # SentenceTransformer(output, trust_remote_code=True) embeds as GRACEEncoder(use_rationale=False)
-    write_sentence_transformers_files(output, GRACESettings.load(output) or GRACESettings())
+        # SentenceTransformer(output, trust_remote_code=True) embeds as GRACEEncoder(use_rationale=False)
+        write_sentence_transformers_files(output)
     return summary
 
 

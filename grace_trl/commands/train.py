@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..config import GRACEConfig
-from ..data import load_grace_dataset
+from ..data import SAMPLE_DATASETS, load_grace_dataset
 from ..models import resolve_model_name
 
 logger = logging.getLogger("grace_trl")
@@ -74,6 +74,10 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
         from ..reporting import save_training_curves
 
         csv_path, png_path = save_training_curves(trainer.state.log_history, training_args.output_dir)
+        source = script_args.dataset_name
+        hub_dataset = None if source in SAMPLE_DATASETS or os.path.exists(os.path.expanduser(source)) else source
+        trainer.create_model_card(model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
+                                  dataset_name=hub_dataset)
         logger.info("saved GRACE checkpoint to %s (curves: %s, %s)", os.path.abspath(training_args.output_dir),
                     csv_path, png_path)
     return trainer
