@@ -13,11 +13,11 @@ next to GRACE checkpoints.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import asdict, dataclass, fields
 
+from .cli_args import ArgumentParser
 from .models import resolve_model_name
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def train_cl(config: CLConfig):
 
 
 def _parse(argv: list[str] | None) -> CLConfig:
-    parser = argparse.ArgumentParser(prog="python -m grace_trl.baselines", description="Train the contrastive (CL) baseline.")
+    parser = ArgumentParser(prog="python -m grace_trl.baselines", description="Train the contrastive (CL) baseline.")
     parser.add_argument("--config", help="YAML recipe with CLConfig keys; command-line flags override it.")
     for f in fields(CLConfig):
         kind = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes")}.get(

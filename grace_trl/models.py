@@ -74,9 +74,22 @@ def prepare_alias(alias: str, force: bool = False) -> str:
 
 
 def resolve_model_name(name_or_path: str) -> str:
-    """Map an alias to its prepared local checkpoint; pass paths and Hub ids through unchanged."""
+    """Map an alias to its prepared local checkpoint; pass paths and Hub ids through unchanged.
+
+    A name that is none of these (no folder, no ``organization/name``) is a mistyped alias or path: it fails
+    here, in one line, instead of as a Hub lookup error after minutes of loading.
+    """
     if name_or_path in MODEL_ALIASES:
         return prepare_alias(name_or_path)
+    if os.path.exists(os.path.expanduser(name_or_path)):
+        return name_or_path
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
+    if "/" not in name_or_path:
+        from .cli_args import UsageError
+
+        raise UsageError(f"unknown model {name_or_path!r}: not a local folder, a Hub id (organization/name) or a "
+                         f"known alias ({', '.join(sorted(MODEL_ALIASES))})")
     return name_or_path
 
 

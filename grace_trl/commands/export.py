@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 
+from ..cli_args import ArgumentParser
 from ..config import SETTINGS_FILE
 
 logger = logging.getLogger("grace_trl")
@@ -136,7 +137,7 @@ def export_checkpoint(checkpoint: str, output: str, mode: str = "merge", base_mo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grace-trl export", description=__doc__,
+    p = ArgumentParser(prog="grace-trl export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="Trained output_dir or checkpoint-N folder.")
     p.add_argument("--output", required=True, help="Folder to write.")

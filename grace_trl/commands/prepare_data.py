@@ -16,12 +16,13 @@ import os
 import sys
 import tempfile
 
+from ..cli_args import ArgumentParser
 from ..data import load_grace_dataset
 from ..prompts import DEFAULT_SYSTEM_PROMPT, PromptEncoder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grace-trl prepare-data", description=__doc__,
+    p = ArgumentParser(prog="grace-trl prepare-data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True,
                    help="Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample name or a Hub dataset id.")

@@ -35,9 +35,102 @@ class ScriptArguments:
         "help": "Reward functions from grace_trl.rewards' registry ('grace', 'think_format')."})
 
 
+# The Trainer / GRPO / model fields most runs set, shown by the short ``--help`` next to GRACE's own.
+COMMON_FIELDS = ("output_dir", "model_name_or_path", "max_steps", "num_train_epochs", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "steps_per_generation", "logging_steps", "save_steps", "bf16",
+                 "use_peft", "use_vllm", "report_to", "push_to_hub", "hub_model_id", "resume_from_checkpoint")
+
+
+def build_parser() -> TrlParser:
+    return TrlParser((ScriptArguments, GRACEConfig, ModelConfig), prog="grace-trl train", allow_abbrev=False)
+
+
+def short_help(parser: TrlParser) -> str:
+    """The options a GRACE run is about; ``--help-all`` prints TRL's full list."""
+    import dataclasses
+
+    helps = {f.name: f.metadata.get("help", "") for cls in (ScriptArguments, GRACEConfig, ModelConfig)
+             for f in dataclasses.fields(cls)}
+    defaults = {a.dest: a.default for a in parser._actions}
+
+    def line(name: str) -> str:
+        text = " ".join(str(helps.get(name, "")).replace("`", "").split())
+        text = text.split(". ")[0].rstrip(".") + "." if text else ""  # first sentence: one line per option
+        default = defaults.get(name)
+        shown = f" (default: {default})" if default not in (None, "", []) and len(str(default)) < 60 else ""
+        return f"  --{name:<30} {text}{shown}"
+
+    lines = [
+        "usage: grace-trl train [--config RECIPE.yaml] [--FIELD VALUE ...]",
+        "",
+        "Train an LLM as a text embedder with GRACE. A recipe's keys are the field names below; a flag given",
+        "on the command line overrides the recipe. Every flag is accepted as --name or --name-with-dashes.",
+        "",
+        "options:",
+        f"  --{'config':<30} YAML recipe (e.g. recipes/smollm2-135m/supervised.yaml).",
+        f"  --{'help-all':<30} Every option (all GRPOConfig, TrainingArguments and ModelConfig fields).",
+        "",
+        "data:",
+        *[line(f.name) for f in dataclasses.fields(ScriptArguments)],
+        "",
+        "GRACE:",
+        *[line(name) for name in GRACEConfig.__annotations__],
+        "",
+        "common training options:",
+        *[line(name) for name in COMMON_FIELDS],
+        "",
+        "For accelerate / DeepSpeed runs: accelerate launch -m grace_trl.commands.train --config RECIPE.yaml",
+    ]
+    return "\n".join(lines)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--config="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def check_recipe(path: str, parser: TrlParser) -> None:
+    """Reject a recipe key no dataclass knows, naming the closest valid key, before anything loads."""
+    import difflib
+
+    import yaml
+
+    from ..cli_args import UsageError
+
+    with open(path, encoding="utf-8") as f:
+        recipe = yaml.safe_load(f) or {}
+    if not isinstance(recipe, dict):
+        raise UsageError(f"{path}: a recipe must be a YAML mapping of option names to values")
+    valid = {a.dest for a in parser._actions} | {"env"}
+    for key in recipe:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), sorted(valid), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; grace-trl train --help-all lists every key"
+            raise UsageError(f"{path}: unknown key {key!r}{hint}")
+
+
 def parse_args(argv=None):
-    parser = TrlParser((ScriptArguments, GRACEConfig, ModelConfig))
-    return parser.parse_args_and_config(args=argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if "--help-all" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    if "-h" in argv or "--help" in argv:
+        print(short_help(parser))
+        raise SystemExit(0)
+    config = _config_path(argv)
+    if config:
+        check_recipe(config, parser)
+    from ..cli_args import UsageError
+
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except ValueError as err:  # raised by the config dataclasses' validation: a bad value, not a bug
+        raise UsageError(" ".join(str(err).split())) from err
 
 
 def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: ModelConfig):

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cli_args import ArgumentParser
 from .tasks import LOCAL_TASKS, TASK_ALIASES, get_local_task
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def canonical_tasks(spec: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grace-trl eval", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="grace-trl eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
                    help="Model alias, local checkpoint, Hub id, or sentence-transformers folder. Repeatable.")
     p.add_argument("--tasks", default="STSBenchmark,SciFact,Banking77Classification")
