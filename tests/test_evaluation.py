@@ -166,3 +166,22 @@ def test_eval_cli_system_prompt_from_needs_a_grace_checkpoint(tmp_path, capsys):
 
     assert main(["--model", "x", "--system-prompt-from", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
     assert "no grace_config.json" in capsys.readouterr().err
+
+
+def test_paired_bootstrap_uses_the_pairing():
+    import numpy as np
+
+    from grace_trl.evaluation.stats import paired_spearman_difference
+
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 200)
+    shared = rng.normal(0, 1.0, 200)  # noise both models share: cancels in a paired comparison
+    a = gold + shared + rng.normal(0, 0.2, 200)
+    b = gold + shared + rng.normal(0, 0.6, 200)
+    r = paired_spearman_difference(a, b, gold, n_resamples=500, seed=1)
+    assert r.n == 200 and r.difference == pytest.approx(r.score_a - r.score_b)
+    assert 0 < r.low < r.difference < r.high and r.p_not_better < 0.05
+    same = paired_spearman_difference(a, a, gold, n_resamples=200)
+    assert same.difference == same.low == same.high == 0.0 and same.p_not_better == 1.0
+    with pytest.raises(ValueError, match="one value per pair"):
+        paired_spearman_difference(a, b[:-1], gold)
