@@ -38,3 +38,31 @@ class ArgumentParser(argparse.ArgumentParser):
                     args[i] = variant + sep + value
                     break
         return super().parse_known_args(args, namespace)
+
+
+def config_path(argv: list[str]) -> str | None:
+    """The ``--config`` file named on a command line, if any."""
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--config="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def check_recipe(path: str, parser: argparse.ArgumentParser) -> None:
+    """Reject a recipe key that no option of ``parser`` takes, naming the closest valid key, before anything loads."""
+    import difflib
+
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        recipe = yaml.safe_load(f) or {}
+    if not isinstance(recipe, dict):
+        raise UsageError(f"{path}: a recipe must be a YAML mapping of option names to values")
+    valid = {a.dest for a in parser._actions} | {"env"}
+    for key in recipe:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), sorted(valid), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; {parser.prog} --help lists every key"
+            raise UsageError(f"{path}: unknown key {key!r}{hint}")

@@ -84,35 +84,6 @@ def short_help(parser: TrlParser) -> str:
     return "\n".join(lines)
 
 
-def _config_path(argv: list[str]) -> str | None:
-    for i, token in enumerate(argv):
-        if token == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if token.startswith("--config="):
-            return token.split("=", 1)[1]
-    return None
-
-
-def check_recipe(path: str, parser: TrlParser) -> None:
-    """Reject a recipe key no dataclass knows, naming the closest valid key, before anything loads."""
-    import difflib
-
-    import yaml
-
-    from ..cli_args import UsageError
-
-    with open(path, encoding="utf-8") as f:
-        recipe = yaml.safe_load(f) or {}
-    if not isinstance(recipe, dict):
-        raise UsageError(f"{path}: a recipe must be a YAML mapping of option names to values")
-    valid = {a.dest for a in parser._actions} | {"env"}
-    for key in recipe:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), sorted(valid), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "; grace-trl train --help-all lists every key"
-            raise UsageError(f"{path}: unknown key {key!r}{hint}")
-
-
 def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -122,10 +93,11 @@ def parse_args(argv=None):
     if "-h" in argv or "--help" in argv:
         print(short_help(parser))
         raise SystemExit(0)
-    config = _config_path(argv)
+    from ..cli_args import UsageError, check_recipe, config_path
+
+    config = config_path(argv)
     if config:
         check_recipe(config, parser)
-    from ..cli_args import UsageError
 
     try:
         return parser.parse_args_and_config(args=argv)
