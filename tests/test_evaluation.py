@@ -185,3 +185,22 @@ def test_paired_bootstrap_uses_the_pairing():
     assert same.difference == same.low == same.high == 0.0 and same.p_not_better == 1.0
     with pytest.raises(ValueError, match="one value per pair"):
         paired_spearman_difference(a, b[:-1], gold)
+
+
+def test_html_report_shows_settings_override_and_truncation():
+    from grace_trl.evaluation.report import html_report
+
+    results = {
+        "models": [{"label": "a", "path": "out/a", "settings": {"rationale": True, "max_new_tokens": 8}},
+                   {"label": "b", "path": "out/b", "settings": {"rationale": False}}],
+        "tasks": [{"name": "STSBenchmark", "type": "STS", "main_score": "cosine_spearman", "reduced": False,
+                   "scores": {"a": 0.5, "b": 0.4}}],
+        "system_prompt_override": "Think <briefly>.",
+        "samples": {"a": [{"gold": 4.0, "cosine": 0.9, "text1": "x", "text2": "y", "rationale1": "r1",
+                           "rationale2": "r2", "truncated": [False, True]}]},
+    }
+    page = html_report(results, None)
+    assert "<th>rationale</th><th>max_new_tokens</th>" in page  # settings as table columns
+    assert "<td><code>out/b</code></td><td>False</td><td></td>" in page
+    assert "Think &lt;briefly&gt;." in page and "System prompt override" in page
+    assert page.count("truncated: hit max_new_tokens") == 1
