@@ -70,3 +70,11 @@ def test_missing_data_file_is_one_line(tmp_path, capsys):
     missing = tmp_path / "pairs.jsonl"
     assert main(["train", "--dataset_name", str(missing), "--use_cpu", "true", "--output_dir", str(tmp_path)]) == 2
     assert _error_line(capsys) == f"grace-trl train: error: dataset file {missing} does not exist"
+
+
+def test_trl_script_argument_names(tmp_path):
+    from grace_trl.commands.train import parse_args
+
+    common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
+    assert parse_args(["--dataset_train_split", "dev", *common])[0].dataset_train_split == "dev"
+    assert parse_args(["--dataset-split", "dev", *common])[0].dataset_train_split == "dev"  # the former name

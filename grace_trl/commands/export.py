@@ -83,12 +83,13 @@ def merge_adapter(checkpoint: str, output: str, base_model: str | None = None, d
     base = base_model or adapter_base_model(checkpoint)
     if not base:
         raise ValueError(f"{checkpoint}/adapter_config.json names no base_model_name_or_path; pass --base-model")
-    base_path = resolve_model_name(base)
     try:
+        base_path = resolve_model_name(base)
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype or "auto")
     except OSError as exc:
-        raise OSError(f"cannot load the base model {base!r} of adapter {checkpoint} ({exc}); pass --base-model with "
-                      "a local folder or Hub id") from exc
+        # FileNotFoundError: grace-trl prints it as one line
+        raise FileNotFoundError(f"cannot load the base model {base!r} of adapter {checkpoint} "
+                                f"({' '.join(str(exc).split())}); pass --base-model with a local folder or Hub id") from exc
     merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
     merged.save_pretrained(output)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint if _has_tokenizer(checkpoint) else base_path)

@@ -27,7 +27,9 @@ class ScriptArguments:
         "help": "Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample ('sample-nli', "
                 "'sample-sentences') or a Hub dataset id."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_train_split: str = field(default="train", metadata={
+        "help": "Split to train on (TRL's name; --dataset_split is accepted too).",
+        "aliases": ["--dataset_split", "--dataset-split"]})
     column_mapping: str | None = field(default=None, metadata={
         "help": "e.g. 'query=sent0,positive=sent1,negatives=hard_neg' or 'text=sentence'; '+' joins negative columns."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
@@ -111,7 +113,7 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     dataset = load_grace_dataset(
         script_args.dataset_name, mode=training_args.mode, column_mapping=script_args.column_mapping,
-        split=script_args.dataset_split, dataset_config=script_args.dataset_config,
+        split=script_args.dataset_train_split, dataset_config=script_args.dataset_config,
         num_negatives=training_args.num_negatives if training_args.mode == "supervised" else None,
         limit=script_args.max_train_samples)
     logger.info("training rows: %d (%s, mode=%s)", len(dataset), script_args.dataset_name, training_args.mode)
