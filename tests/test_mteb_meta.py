@@ -57,3 +57,27 @@ def test_revision_follows_the_weights_and_bad_names_fail(checkpoint, tmp_path):
     assert grace_model_meta(str(checkpoint)).revision != before  # a later checkpoint: its own result folder
     with pytest.raises(FileNotFoundError, match="neither a local checkpoint folder"):
         grace_model_meta(str(tmp_path / "missing" / "folder"))
+
+
+def test_model_meta_for_a_hub_id_loads_the_cached_snapshot(checkpoint, tmp_path, monkeypatch):
+    """The Hub path goes through huggingface_hub.snapshot_download; offline it serves the local Hub cache."""
+    from huggingface_hub import constants
+
+    from grace_trl.evaluation.mteb_wrapper import grace_model_meta
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--grace-org--grace-tiny"
+    shutil.copytree(checkpoint, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    meta = grace_model_meta("grace-org/grace-tiny", use_rationale=False, revision=commit)
+    assert meta.name == "grace-org/grace-tiny" and meta.revision == commit
+    model = meta.load_model(device="cpu")
+    assert model.encoder.settings.max_new_tokens == 3  # grace_config.json came with the snapshot
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    with pytest.raises(LocalEntryNotFoundError, match="Cannot find an appropriate cached snapshot"):
+        grace_model_meta("grace-org/missing", use_rationale=False).load_model(device="cpu")
