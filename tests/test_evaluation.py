@@ -204,3 +204,19 @@ def test_html_report_shows_settings_override_and_truncation():
     assert "<td><code>out/b</code></td><td>False</td><td></td>" in page
     assert "Think &lt;briefly&gt;." in page and "System prompt override" in page
     assert page.count("truncated: hit max_new_tokens") == 1
+
+
+def test_eval_checks_task_data_before_loading_a_model(tmp_path, capsys):
+    from grace_trl.evaluation.cli import canonical_tasks, main
+
+    assert canonical_tasks("stsb,STS12") == ["STSBenchmark", "STS12"]  # any mteb task name is accepted
+    empty = tmp_path / "data"
+    empty.mkdir()
+    # "no-such-model" would fail to load: the data folder is reported first, in one line
+    assert main(["--model", "no-such-model", "--tasks", "STSBenchmark", "--data-dir", str(empty),
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(empty / "STSBenchmark") in err[0] and "--data-dir" in err[0]
+    assert main(["--model", "no-such-model", "--tasks", "STS12", "--limit", "5",
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert "--limit applies to the bundled offline tasks only" in capsys.readouterr().err
