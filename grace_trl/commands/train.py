@@ -81,7 +81,8 @@ def short_help(parser: TrlParser) -> str:
         "common training options:",
         *[line(name) for name in COMMON_FIELDS],
         "",
-        "For accelerate / DeepSpeed runs: accelerate launch -m grace_trl.commands.train --config RECIPE.yaml",
+        "Multi-GPU / DeepSpeed: add accelerate launch options, e.g. --accelerate_config zero2 --num_processes 8",
+        "(TRL's configs: zero1, zero2, zero3, multi_gpu, fsdp1, fsdp2; or a config file).",
     ]
     return "\n".join(lines)
 
@@ -150,7 +151,55 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
     return trainer
 
 
+ENTRY_MODULE = "grace_trl.commands.train"  # what accelerate launch runs on every process
+
+
+def split_launch_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(accelerate launch options, training options): what no training dataclass takes goes to accelerate.
+
+    ``--accelerate_config NAME`` names one of TRL's shipped configs (zero2, zero3, multi_gpu, fsdp2, ...) or a
+    file, as ``trl grpo`` does.
+    """
+    from accelerate.commands.launch import launch_command_parser
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    from ..cli_args import UsageError
+
+    parser = build_parser()
+    try:
+        *_, cli_remaining = parser.parse_args_and_config(argv, return_remaining_strings=True,
+                                                         separate_remaining_strings=True)
+    except ValueError as err:
+        raise UsageError(" ".join(str(err).split())) from err
+    if not cli_remaining:
+        return [], argv
+    script_argv, pending = [], list(cli_remaining)
+    for token in argv:  # cli_remaining is an ordered subsequence of argv
+        if pending and token == pending[0]:
+            pending.pop(0)
+        else:
+            script_argv.append(token)
+    try:
+        launch_args = resolve_accelerate_config_argument(list(cli_remaining))
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from err
+    _, unknown = launch_command_parser().parse_known_args([*launch_args, "--module", ENTRY_MODULE])
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (neither a training option nor an "
+                         "accelerate launch option; grace-trl train --help-all lists the training options)")
+    return launch_args, script_argv
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(flag in argv for flag in ("-h", "--help", "--help-all")):
+        launch_args, script_argv = split_launch_args(argv)
+        if launch_args:
+            # like `trl grpo --accelerate_config zero2 --num_processes 8`: this module under accelerate launch
+            from accelerate.commands.launch import launch_command, launch_command_parser
+
+            launch_command(launch_command_parser().parse_args([*launch_args, "--module", ENTRY_MODULE, *script_argv]))
+            return 0
     script_args, training_args, model_args = parse_args(argv)
     run(script_args, training_args, model_args)
     return 0
