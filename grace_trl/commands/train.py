@@ -163,9 +163,11 @@ def split_launch_args(argv: list[str]) -> tuple[list[str], list[str]]:
     from accelerate.commands.launch import launch_command_parser
     from trl.cli.accelerate_config import resolve_accelerate_config_argument
 
-    from ..cli_args import UsageError
+    from ..cli_args import UsageError, check_recipe, config_path
 
     parser = build_parser()
+    if config_path(argv):
+        check_recipe(config_path(argv), parser)  # an unknown key is reported as such, not as a launch option
     try:
         *_, cli_remaining = parser.parse_args_and_config(argv, return_remaining_strings=True,
                                                          separate_remaining_strings=True)
