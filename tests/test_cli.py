@@ -28,7 +28,8 @@ def test_train_help_is_short_and_lists_grace_fields(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert len(lines) < 80, "the short help should fit a screen or two"
-    for flag in ("--config", "--help-all", "--lambda_consistency", "--reward_variant", "--max_steps", "--dataset_name"):
+    for flag in ("--config", "--help-all", "--lambda_consistency", "--reward_variant", "--max_steps",
+                 "--dataset_name"):
         assert any(line.strip().startswith(flag) for line in lines), flag
     assert "`" not in out  # plain text, no markup
 
@@ -41,7 +42,8 @@ def test_both_flag_spellings_and_no_prefix_matching(tmp_path, capsys):
     common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
     underscored = parse_args(["--max_steps", "3", "--num-generations", "2", *common])[1]
     dashed = parse_args(["--max-steps", "3", "--num_generations", "2", *common])[1]
-    assert underscored.max_steps == dashed.max_steps == 3 and underscored.num_generations == dashed.num_generations == 2
+    assert underscored.max_steps == dashed.max_steps == 3
+    assert underscored.num_generations == dashed.num_generations == 2
     assert build_parser().parse_args(["--checkpoint", "a", "--output", "b", "--base_model", "x"]).base_model == "x"
     assert _parse(["--max-steps", "5"]).max_steps == 5  # train-cl's fields are underscored: dashes work too
 
@@ -55,7 +57,8 @@ def test_unknown_recipe_key_names_the_closest_valid_key(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("max_step: 3\nmode: supervised\n")
     assert main(["train", "--config", str(recipe)]) == 2
-    assert _error_line(capsys) == f"grace-trl train: error: {recipe}: unknown key 'max_step'; did you mean 'max_steps'?"
+    expected = f"grace-trl train: error: {recipe}: unknown key 'max_step'; did you mean 'max_steps'?"
+    assert _error_line(capsys) == expected
 
 
 def test_unknown_model_alias_lists_the_known_ones(tmp_path, capsys):

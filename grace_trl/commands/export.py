@@ -88,8 +88,9 @@ def merge_adapter(checkpoint: str, output: str, base_model: str | None = None, d
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype or "auto")
     except OSError as exc:
         # FileNotFoundError: grace-trl prints it as one line
-        raise FileNotFoundError(f"cannot load the base model {base!r} of adapter {checkpoint} "
-                                f"({' '.join(str(exc).split())}); pass --base-model with a local folder or Hub id") from exc
+        reason = " ".join(str(exc).split())
+        raise FileNotFoundError(f"cannot load the base model {base!r} of adapter {checkpoint} ({reason}); "
+                                "pass --base-model with a local folder or Hub id") from exc
     merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
     merged.save_pretrained(output)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint if _has_tokenizer(checkpoint) else base_path)

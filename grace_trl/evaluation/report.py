@@ -191,7 +191,8 @@ def html_report(results: dict, png: bytes | None) -> str:
                 f"<td><b>{e(p['text2'])}</b><div class='rat'>{e(p['rationale2'])}</div>{mark[1]}</td></tr>")
         parts.append("</table>")
         if any(any(p.get("truncated") or []) for p in pairs):
-            parts.append("<p><small>A truncated rationale is embedded as generated (cut at max_new_tokens).</small></p>")
+            parts.append("<p><small>A truncated rationale is embedded as generated (cut at max_new_tokens)."
+                         "</small></p>")
     gen = results.get("generation_check")
     if gen:
         parts.append("<h2>Generation preservation</h2><table><tr><th>model</th><th>perplexity (held-out text)</th></tr>")
