@@ -1,7 +1,8 @@
 """Is model A better than model B on STSBenchmark, or is it sampling noise? A paired bootstrap.
 
 Both models embed the same seeded sample of pairs (the sample `grace-trl eval --limit N` uses);
-resampling the pairs with replacement gives an interval for the difference in Spearman × 100.
+resampling the pairs with replacement (scipy.stats.bootstrap, paired) gives an interval for the difference
+in Spearman × 100.
 Point --cache-dir at an eval run's rationale cache to reuse its rationales.
 
     python examples/sts_paired_bootstrap.py --model-a outputs/smollm2-135m-grace-sup --model-b smollm2-135m \
@@ -14,10 +15,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from grace_trl.encoder import GRACEEncoder
 from grace_trl.evaluation.cli import resolve_system_prompt
+from grace_trl.evaluation.stats import paired_spearman_difference
 from grace_trl.evaluation.tasks import get_local_task
 
 
@@ -58,19 +59,10 @@ def main() -> None:
     cos_a = pair_cosines(args.model_a, s1, s2, args, override)
     cos_b = pair_cosines(args.model_b, s1, s2, args, override)
 
-    def score(cos, idx):
-        return 100 * spearmanr(cos[idx], gold[idx]).statistic
-
-    everything = np.arange(len(gold))
-    rng = np.random.default_rng(args.seed)
-    diffs = []
-    for _ in range(args.resamples):
-        idx = rng.integers(0, len(gold), len(gold))
-        diffs.append(score(cos_a, idx) - score(cos_b, idx))
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    print(f"{len(gold)} pairs: A {score(cos_a, everything):.2f}, B {score(cos_b, everything):.2f}, "
-          f"A - B {score(cos_a, everything) - score(cos_b, everything):+.2f} "
-          f"(95% bootstrap interval {lo:+.2f} .. {hi:+.2f}, P(A - B <= 0) = {np.mean(np.array(diffs) <= 0):.3f})")
+    r = paired_spearman_difference(cos_a, cos_b, gold, n_resamples=args.resamples, seed=args.seed)
+    print(f"{r.n} pairs: A {r.score_a:.2f}, B {r.score_b:.2f}, A - B {r.difference:+.2f} "
+          f"({r.confidence_level:.0%} bootstrap interval {r.low:+.2f} .. {r.high:+.2f}, "
+          f"P(A - B <= 0) = {r.p_not_better:.3f})")
 
 
 if __name__ == "__main__":

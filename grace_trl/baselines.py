@@ -13,10 +13,9 @@ next to GRACE checkpoints.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from .models import resolve_model_name
 
@@ -98,26 +97,21 @@ def train_cl(config: CLConfig):
 
 
 def _parse(argv: list[str] | None) -> CLConfig:
-    parser = argparse.ArgumentParser(prog="python -m grace_trl.baselines",
-                                     description="Train the contrastive (CL) baseline.")
-    parser.add_argument("--config", help="YAML recipe with CLConfig keys; command-line flags override it.")
-    for f in fields(CLConfig):
-        kind = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes")}.get(
-            str(f.type).split(" ")[0].replace("| None", "").strip(), str)
-        parser.add_argument(f"--{f.name}", type=kind, default=None)
-    ns = parser.parse_args(argv)
-    values = asdict(CLConfig())
-    if ns.config:
-        import yaml
+    """CLConfig from ``--config recipe.yaml`` plus flag overrides (TrlParser, as ``grace-trl train``)."""
+    from trl import TrlParser
 
-        with open(ns.config, encoding="utf-8") as fh:
-            recipe = yaml.safe_load(fh) or {}
-        unknown = set(recipe) - set(values)
-        if unknown:
-            raise SystemExit(f"{ns.config}: unknown key(s) {sorted(unknown)}; expected some of {sorted(values)}")
-        values.update(recipe)
-    values.update({k: v for k, v in vars(ns).items() if k != "config" and v is not None})
-    return CLConfig(**values)
+    from .cli_args import UsageError, check_recipe, config_path
+
+    parser = TrlParser((CLConfig,), prog="grace-trl train-cl", allow_abbrev=False,
+                       description="Train the contrastive (CL) baseline.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if config_path(argv):
+        check_recipe(config_path(argv), parser)
+    try:
+        (config,) = parser.parse_args_and_config(args=argv)
+    except ValueError as err:
+        raise UsageError(" ".join(str(err).split())) from err
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: grace-trl <command> [options]", "", "commands:"]
+    lines = ["usage: grace-trl <command> [options]   (grace-trl --version, grace-trl <command> --help)", "",
+             "commands:"]
     lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -31,12 +32,27 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from importlib.metadata import version
+
+        print(f"grace-trl {version('grace-trl')} (trl {version('trl')}, transformers {version('transformers')})")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"grace-trl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from .cli_args import UsageError
+    from .data import DataValidationError
+
     module = importlib.import_module(COMMANDS[name][0])
-    result = module.main(rest)
+    try:
+        result = module.main(rest)
+    except (UsageError, FileNotFoundError, DataValidationError) as err:
+        # the user's input is wrong, not the program: one line, as argparse reports a bad flag
+        message = str(err) if not isinstance(err, FileNotFoundError) or not err.filename else \
+            f"{err.strerror}: {err.filename}"
+        print(f"grace-trl {name}: error: {message}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

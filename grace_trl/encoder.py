@@ -231,6 +231,8 @@ class GRACEEncoder:
         self._fingerprint: str | None = None
         self._prompt_encoders: dict = {}
         self.cache_flush_every = 64  # prompts generated between cache writes
+        # sentence-transformers-style named prompts; each replaces the GRACE instruction (see ``encode``)
+        self.prompts: dict[str, str] = {}
         self.model.eval()
 
     # ------------------------------------------------------------------ loading
@@ -389,13 +391,36 @@ class GRACEEncoder:
         seed: int | None = None,
         system_prompt=_UNSET,
         instruction=_UNSET,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        normalize_embeddings: bool | None = None,
+        convert_to_tensor: bool = False,
     ):
         """L2-normalised embeddings (N, d), optionally with the rationale of each text.
 
         ``use_rationale=False`` pools the prompt's content span only (no generation): the
         "without rationale" baseline. ``system_prompt``/``instruction`` override the checkpoint's
         settings (pass ``None`` to drop them).
+
+        sentence-transformers' argument names work too, so code written for a ``SentenceTransformer``
+        runs unchanged: ``prompt`` (or ``prompt_name``, looked up in ``self.prompts``) is the
+        instruction, ``normalize_embeddings`` is ``normalize``, ``convert_to_tensor`` returns a tensor.
         """
+        if prompt_name is not None:
+            if prompt is not None:
+                raise ValueError("pass either prompt or prompt_name, not both")
+            if prompt_name not in self.prompts:
+                raise ValueError(f"prompt_name {prompt_name!r} is not in encoder.prompts "
+                                 f"(known: {sorted(self.prompts) or 'none'})")
+            prompt = self.prompts[prompt_name]
+        if prompt is not None:
+            if instruction is not _UNSET:
+                raise ValueError("pass either prompt or instruction, not both: the prompt is the instruction")
+            instruction = prompt or self.settings.instruction  # "" keeps the checkpoint's, as sentence-transformers
+        if normalize_embeddings is not None:
+            normalize = normalize_embeddings
+        if convert_to_tensor:
+            convert_to_numpy = False
         single = isinstance(texts, str)
         if not single and (texts is None or not hasattr(texts, "__iter__") or isinstance(texts, (bytes, dict))):
             raise TypeError(f"encode() texts must be a str or a sequence of str, got {type(texts).__name__}")
@@ -431,6 +456,18 @@ class GRACEEncoder:
             out = out[0]
             rationales = rationales[0]
         return (out, rationales) if return_rationales else out
+
+    def encode_query(self, texts: str | Sequence[str], **kwargs):
+        """``encode`` with the ``"query"`` prompt when ``self.prompts`` has one (GRACE shares one prompt)."""
+        if "query" in self.prompts and "prompt" not in kwargs:
+            kwargs.setdefault("prompt_name", "query")
+        return self.encode(texts, **kwargs)
+
+    def encode_document(self, texts: str | Sequence[str], **kwargs):
+        """``encode`` with the ``"document"`` prompt when ``self.prompts`` has one."""
+        if "document" in self.prompts and "prompt" not in kwargs:
+            kwargs.setdefault("prompt_name", "document")
+        return self.encode(texts, **kwargs)
 
     def _embed(self, sequences, spans, batch_size, normalize, show_progress_bar) -> torch.Tensor:
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))

@@ -92,9 +92,39 @@ def check_local_model_folder(path: str) -> None:
 
 
 def resolve_model_name(name_or_path: str) -> str:
-    """Map an alias to its prepared local checkpoint; check local paths; pass Hub ids through unchanged."""
+    """Map an alias to its prepared local checkpoint; check local paths; pass Hub ids through unchanged.
+
+    A name that is none of these (no folder, no ``organization/name``) is a mistyped alias or path: it fails
+    here, in one line, instead of as a Hub lookup error after minutes of loading.
+    """
     if name_or_path in MODEL_ALIASES:
         return prepare_alias(name_or_path)
     if isinstance(name_or_path, str) and (os.path.isdir(name_or_path) or _looks_like_local_path(name_or_path)):
         check_local_model_folder(os.path.expanduser(name_or_path))
+        return name_or_path
+    if "/" not in name_or_path:
+        from .cli_args import UsageError
+
+        raise UsageError(f"unknown model {name_or_path!r}: not a local folder, a Hub id (organization/name) or a "
+                         f"known alias ({', '.join(sorted(MODEL_ALIASES))})")
     return name_or_path
+
+
+# Where each alias's weights come from on the Hub, and their licence: what a model card names as base model.
+ALIAS_HUB_IDS = {SMOLLM2_ALIAS: ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+
+
+def hub_base_model(name_or_path: str | None) -> tuple[str | None, str | None]:
+    """(Hub repo id, licence) of a training model for a model card; (None, None) for a local folder.
+
+    An alias, or the folder it was prepared into, names its Hub original; a Hub id names itself.
+    """
+    if not name_or_path:
+        return None, None
+    for alias, (repo_id, license_) in ALIAS_HUB_IDS.items():
+        folder = cache_dir() / "models" / MODEL_ALIASES[alias][2]
+        if name_or_path == alias or os.path.abspath(os.path.expanduser(name_or_path)) == str(folder.absolute()):
+            return repo_id, license_
+    if os.path.isdir(os.path.expanduser(name_or_path)):
+        return None, None
+    return name_or_path, None

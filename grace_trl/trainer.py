@@ -39,6 +39,7 @@ from .checks import (
 from .config import GRACEConfig
 from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
 from .generation import ignoring_model_generation_config
+from .model_card import PAPER
 from .models import resolve_model_name
 from .pooling import embed_token_sequences, get_backbone, masked_mean, pool_span
 from .prompts import PromptEncoder
@@ -83,6 +84,11 @@ class GRACETrainer(GRPOTrainer):
             built here when absent.
         Other arguments are passed to :class:`trl.GRPOTrainer` unchanged.
     """
+
+    # TRL's model-card fields: what ``create_model_card`` and ``push_to_hub`` say about the model
+    _tag_names = ["trl", "grace", "sentence-transformers", "feature-extraction", "sentence-similarity"]
+    _name = "GRACE"
+    _paper = PAPER
 
     def __init__(self, model, reward_funcs=None, args: GRACEConfig | None = None, train_dataset=None,
                  eval_dataset=None, processing_class=None, evaluator=None, **kwargs):
@@ -597,11 +603,45 @@ class GRACETrainer(GRPOTrainer):
             self._metrics["train"][key].append(value)
 
     # ---------------------------------------------------------------- saving
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None):
+        """TRL's card, for an embedder: base model (an alias names its Hub original), GRACE, how to embed."""
+        if not self.is_world_process_zero():
+            return
+        from trl.trainer.utils import get_comet_experiment_url, get_config_model_id, get_trackio_space_url
+
+        from .model_card import build_model_card
+        from .models import hub_base_model
+
+        base_model, license_ = hub_base_model(get_config_model_id(self.model.config))
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        hub_model_id = getattr(self, "hub_model_id", None)
+        card = build_model_card(hub_model_id or self.args.output_dir, self.args.grace_settings(),
+            model_name=model_name, base_model=base_model, license=license_,
+            dataset_name=dataset_name, tags=[*self._tag_names, *tags], training=self._card_training_summary(),
+            trackio_url=get_trackio_space_url(), comet_url=get_comet_experiment_url())
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    def _card_training_summary(self) -> dict:
+        args = self.args
+        return {"global_step": self.state.global_step, "mode": args.mode, "num_generations": args.num_generations,
+                "learning_rate": args.learning_rate, "max_completion_length": args.max_completion_length,
+                "reward_variant": args.reward_variant, "lambda_consistency": args.lambda_consistency,
+                "lambda_cross": args.lambda_cross, "tau": args.tau}
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Save the checkpoint plus ``grace_config.json`` so an encoder embeds exactly as training did."""
+        """Save the checkpoint plus ``grace_config.json`` so an encoder embeds exactly as training did.
+
+        sentence-transformers' files are written as well: ``SentenceTransformer(path, trust_remote_code=True)``
+        then gives GRACE's no-rationale embedding.
+        """
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            self.args.grace_settings().save(output_dir or self.args.output_dir)
+            from .st_module import write_sentence_transformers_files
+
+            settings = self.args.grace_settings()
+            settings.save(output_dir or self.args.output_dir)
+            write_sentence_transformers_files(output_dir or self.args.output_dir, settings)
 
 
 __all__ = ["GRACETrainer", "GRACEReward"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from grace_trl.baselines import CLConfig, _parse, build_cl_model, load_triples, train_cl
+from grace_trl.cli_args import UsageError
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m" / "cl_cpu.yaml"
 
@@ -27,8 +28,11 @@ def test_recipe_parses_and_flags_override():
 def test_bad_recipe_key_is_reported(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: x\nlearning_rat: 1e-5\n")
-    with pytest.raises(SystemExit, match="learning_rat"):
+    with pytest.raises(UsageError, match="unknown key 'learning_rat'; did you mean 'learning_rate'"):
         _parse(["--config", str(bad)])
+    assert _parse(["--config", str(RECIPE), "--max-steps", "4"]).max_steps == 4
+    with pytest.raises(UsageError, match="--max_step"):
+        _parse(["--max_step", "4"])  # no prefix matching
 
 
 def test_cl_training_changes_embeddings_and_saves(tiny_model_path, tmp_path):

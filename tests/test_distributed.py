@@ -77,3 +77,27 @@ def test_zero3_with_lora_trains_the_adapter(tmp_path, tiny_model_path):
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b), "LoRA B matrices are still zero: no update reached them"
     assert (out / "grace_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_grace_trl_train_launches_accelerate_itself(tmp_path, tiny_model_path):
+    """`grace-trl train --accelerate_config zero2 --num_processes 2`, as `trl grpo` takes them."""
+    out = tmp_path / "run"
+    env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "grace_trl.cli", "train", "--accelerate_config", "zero2", "--num_processes", "2",
+           "--main_process_port", str(_free_port()), "--mixed_precision", "no",
+           "--model_name_or_path", tiny_model_path, "--dataset_name", "sample-nli", "--max_train_samples", "8",
+           "--num_generations", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "4",
+           "--max-steps", "1", "--use_cpu", "true", "--bf16", "false", "--output_dir", str(out),
+           "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert (out / "grace_config.json").is_file() and (out / "modules.json").is_file()
+    assert proc.stderr.count("training rows: 8") == 2  # one line per process: both ran the entry module
+    # a mistyped launch option is neither silently matched nor a traceback
+    bad = subprocess.run([*cmd[:4], "--num_process", "2", "--use_cpu", "true", "--output_dir", str(out)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("grace-trl train: error: unrecognized arguments: --num_process")

@@ -177,3 +177,57 @@ def test_eval_system_prompt_none_means_no_system_prompt(spelling):
 
     assert resolve_system_prompt(Namespace(system_prompt=spelling, system_prompt_from=None)) == (True, None)
     assert resolve_system_prompt(Namespace(system_prompt="Be brief.", system_prompt_from=None)) == (True, "Be brief.")
+
+
+def test_paired_bootstrap_uses_the_pairing():
+    import numpy as np
+
+    from grace_trl.evaluation.stats import paired_spearman_difference
+
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 200)
+    shared = rng.normal(0, 1.0, 200)  # noise both models share: cancels in a paired comparison
+    a = gold + shared + rng.normal(0, 0.2, 200)
+    b = gold + shared + rng.normal(0, 0.6, 200)
+    r = paired_spearman_difference(a, b, gold, n_resamples=500, seed=1)
+    assert r.n == 200 and r.difference == pytest.approx(r.score_a - r.score_b)
+    assert 0 < r.low < r.difference < r.high and r.p_not_better < 0.05
+    same = paired_spearman_difference(a, a, gold, n_resamples=200)
+    assert same.difference == same.low == same.high == 0.0 and same.p_not_better == 1.0
+    with pytest.raises(ValueError, match="one value per pair"):
+        paired_spearman_difference(a, b[:-1], gold)
+
+
+def test_html_report_shows_settings_override_and_truncation():
+    from grace_trl.evaluation.report import html_report
+
+    results = {
+        "models": [{"label": "a", "path": "out/a", "settings": {"rationale": True, "max_new_tokens": 8}},
+                   {"label": "b", "path": "out/b", "settings": {"rationale": False}}],
+        "tasks": [{"name": "STSBenchmark", "type": "STS", "main_score": "cosine_spearman", "reduced": False,
+                   "scores": {"a": 0.5, "b": 0.4}}],
+        "system_prompt_override": "Think <briefly>.",
+        "samples": {"a": [{"gold": 4.0, "cosine": 0.9, "text1": "x", "text2": "y", "rationale1": "r1",
+                           "rationale2": "r2", "truncated": [False, True]}]},
+    }
+    page = html_report(results, None)
+    assert "<th>rationale</th><th>max_new_tokens</th>" in page  # settings as table columns
+    assert "<td><code>out/b</code></td><td>False</td><td></td>" in page
+    assert "Think &lt;briefly&gt;." in page and "System prompt override" in page
+    assert page.count("truncated: hit max_new_tokens") == 1
+
+
+def test_eval_checks_task_data_before_loading_a_model(tmp_path, capsys):
+    from grace_trl.evaluation.cli import canonical_tasks, main
+
+    assert canonical_tasks("stsb,STS12") == ["STSBenchmark", "STS12"]  # any mteb task name is accepted
+    empty = tmp_path / "data"
+    empty.mkdir()
+    # "no-such-model" would fail to load: the data folder is reported first, in one line
+    assert main(["--model", "no-such-model", "--tasks", "STSBenchmark", "--data-dir", str(empty),
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(empty / "STSBenchmark") in err[0] and "--data-dir" in err[0]
+    assert main(["--model", "no-such-model", "--tasks", "STS12", "--limit", "5",
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert "--limit applies to the bundled offline tasks only" in capsys.readouterr().err

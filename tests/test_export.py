@@ -93,7 +93,7 @@ def test_adapter_export_reloads_and_repoints_base(lora_checkpoint, tmp_path):
         torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_full_checkpoint_export_and_errors(lora_checkpoint, tmp_path):
+def test_full_checkpoint_export_and_errors(lora_checkpoint, tmp_path, capsys):
     root, ckpt, _, _ = lora_checkpoint
     full = tmp_path / "full"
     assert _run(["--checkpoint", str(root / "base"), "--output", str(full)]) == 0
@@ -103,7 +103,11 @@ def test_full_checkpoint_export_and_errors(lora_checkpoint, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         _run(["--checkpoint", str(root / "base"), "--output", str(full)])
     assert _run(["--checkpoint", str(root / "base"), "--output", str(full), "--overwrite"]) == 0
-    with pytest.raises(OSError, match="--base-model"):
-        _run(["--checkpoint", str(ckpt), "--output", str(tmp_path / "y"), "--base-model", str(tmp_path / "missing")])
-    with pytest.raises(FileNotFoundError, match="neither"):
-        _run(["--checkpoint", str(tmp_path), "--output", str(tmp_path / "z")])
+    # missing inputs end in one line on stderr (status 2), not a traceback
+    capsys.readouterr()
+    assert _run(["--checkpoint", str(ckpt), "--output", str(tmp_path / "y"), "--base-model",
+                 str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--base-model" in err and str(tmp_path / "missing") in err
+    assert _run(["--checkpoint", str(tmp_path), "--output", str(tmp_path / "z")]) == 2
+    assert "has neither adapter_config.json" in capsys.readouterr().err

@@ -39,35 +39,15 @@ def prepared(tmp_path, checkpoint):
                                    base_model="HuggingFaceTB/SmolLM2-135M-Instruct"))
 
 
-def _reference_no_rationale(folder: Path, texts):
-    """GRACE's own prompt + pooling code: mean over the user-content tokens, no rationale, no template suffix."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from grace_trl.pooling import embed_token_sequences
-    from grace_trl.prompts import PromptEncoder
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    settings = GRACESettings.load(str(folder))
-    pe = PromptEncoder(tok, settings.system_prompt, settings.instruction)
-    seqs, spans = [], []
-    for text in texts:
-        enc = pe(text)
-        end = enc.content_start + len(tok(text, add_special_tokens=False)["input_ids"])
-        assert tok.decode(enc.input_ids[enc.content_start:end]) == text
-        seqs.append(enc.input_ids[:end])
-        spans.append((enc.content_start, end))
-    return embed_token_sequences(model, seqs, spans, tok.pad_token_id, batch_size=4).numpy()
-
-
 def test_prepared_folder_layout_and_card(prepared, checkpoint):
     names = {p.name for p in prepared.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "grace_config.json", "README.md", "modules.json",
-            "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling"} <= names
+            "config_sentence_transformers.json", "grace_sentence_transformers.json", "1_Normalize"} <= names
     assert "optimizer.pt" not in names
     assert GRACESettings.load(str(prepared)) == GRACESettings.load(str(checkpoint))
-    pooling = json.loads((prepared / "1_Pooling" / "config.json").read_text())
-    assert pooling["pooling_mode"] == "mean" and pooling["include_prompt"] is False
+    modules = json.loads((prepared / "modules.json").read_text())
+    assert [m["type"] for m in modules] == ["grace_trl.st_module.GRACETransformer",
+                                            "sentence_transformers.base.modules.normalize.Normalize"]
     card = (prepared / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
     assert "grace" in meta["tags"] and "sentence-transformers" in meta["tags"]
@@ -78,21 +58,22 @@ def test_prepared_folder_layout_and_card(prepared, checkpoint):
     assert "| reward_variant | paper |" in card and "2510.04506" in card
 
 
-def test_sentence_transformers_loads_offline_and_matches_grace_pooling(prepared):
+def test_sentence_transformers_loads_offline_and_matches_grace_encoder(prepared):
+    import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(prepared), device="cpu", local_files_only=True)
+    from grace_trl.encoder import GRACEEncoder
+
+    model = SentenceTransformer(str(prepared), device="cpu", local_files_only=True, trust_remote_code=True)
     got = model.encode(TEXTS, convert_to_numpy=True)
     assert got.shape == (3, 64)
     assert got.dtype.kind == "f" and abs(float((got**2).sum(axis=1).mean()) - 1.0) < 1e-5
-    expected = _reference_no_rationale(prepared, TEXTS)
-    assert float((got * expected).sum(axis=1).min()) > 0.99999
-    # query / document helpers use the same GRACE prompt (not sentence-transformers' empty defaults)
-    q = model.encode_query(TEXTS[:1], convert_to_numpy=True)
-    assert abs(float((q[0] * expected[0]).sum()) - 1.0) < 1e-5
-    # the prompt matters: pooling the bare text gives a different vector
-    bare = model.encode(TEXTS[:1], prompt="", convert_to_numpy=True)
-    assert float((bare[0] * expected[0]).sum()) < 0.9999
+    expected = GRACEEncoder.from_pretrained(str(prepared), device="cpu").encode(TEXTS, use_rationale=False,
+                                                                                show_progress_bar=False)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # query / document helpers use the same GRACE prompt
+    np.testing.assert_allclose(model.encode_query(TEXTS[:1]), expected[:1], atol=1e-4)
+    np.testing.assert_allclose(model.encode_document(TEXTS[:1]), expected[:1], atol=1e-4)
 
 
 def test_transformers_and_grace_encoder_load_the_folder(prepared, checkpoint):

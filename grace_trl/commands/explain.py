@@ -11,9 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from ..cli_args import ArgumentParser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grace-trl explain", description="Print rationales, similarities and neighbours.")
+    p = ArgumentParser(prog="grace-trl explain", description="Print rationales, similarities and neighbours.")
     p.add_argument("texts", nargs="+", help="QUERY [DOC ...]: the first text is compared with the others.")
     p.add_argument("--model", required=True, help="GRACE checkpoint, causal LM, Hub id or alias (smollm2-135m).")
     p.add_argument("--corpus", help="Text file, one document per line: print each text's nearest neighbours.")

@@ -13,11 +13,12 @@ import json
 import logging
 import sys
 
+from ..cli_args import ArgumentParser
 from ..export import export_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grace-trl export", description=__doc__,
+    p = ArgumentParser(prog="grace-trl export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="Trained output_dir or checkpoint-N folder.")
     p.add_argument("--output", required=True, help="Folder to write.")

@@ -12,11 +12,12 @@ import sys
 
 import yaml
 
+from ..cli_args import ArgumentParser
 from ..memory import STRATEGIES, Architecture, TrainingShape, format_table, load_model_config, plan, recommend
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grace-trl plan-memory", description=__doc__)
+    p = ArgumentParser(prog="grace-trl plan-memory", description=__doc__)
     p.add_argument("--config", required=True, help="Recipe YAML (the one passed to grace-trl train).")
     p.add_argument("--num-gpus", type=int, default=8, help="Total GPUs (processes) over all nodes.")
     p.add_argument("--gpus-per-node", type=int, default=None,

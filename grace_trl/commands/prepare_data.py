@@ -14,13 +14,14 @@ import argparse
 import json
 import sys
 
+from ..cli_args import ArgumentParser
 from ..data import load_grace_dataset
 from ..files import atomic_write
 from ..prompts import DEFAULT_SYSTEM_PROMPT, PromptEncoder, normalize_system_prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grace-trl prepare-data", description=__doc__,
+    p = ArgumentParser(prog="grace-trl prepare-data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True,
                    help="Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample name "

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-
+from ..cli_args import ArgumentParser
 from ..models import MODEL_ALIASES, prepare_alias
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="grace-trl prepare-model", description=__doc__)
+    parser = ArgumentParser(prog="grace-trl prepare-model", description=__doc__)
     parser.add_argument("alias", choices=sorted(MODEL_ALIASES))
     parser.add_argument("--force", action="store_true", help="rebuild even if the checkpoint exists")
     args = parser.parse_args(argv)

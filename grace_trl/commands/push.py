@@ -10,11 +10,12 @@ import argparse
 import logging
 import sys
 
+from ..cli_args import ArgumentParser
 from ..hub import prepare_hub_folder, push_to_hub
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grace-trl push", description=__doc__,
+    p = ArgumentParser(prog="grace-trl push", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
                    help="Trained output_dir, checkpoint-N folder or LoRA adapter folder (merged before upload).")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..config import GRACEConfig
-from ..data import load_grace_dataset
+from ..data import SAMPLE_DATASETS, load_grace_dataset
 from ..models import resolve_model_name
 
 logger = logging.getLogger("grace_trl")
@@ -27,7 +27,9 @@ class ScriptArguments:
         "help": "Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample ('sample-nli', "
                 "'sample-sentences') or a Hub dataset id."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_train_split: str = field(default="train", metadata={
+        "help": "Split to train on (TRL's name; --dataset_split is accepted too).",
+        "aliases": ["--dataset_split", "--dataset-split"]})
     column_mapping: str | None = field(default=None, metadata={
         "help": "e.g. 'query=sent0,positive=sent1,negatives=hard_neg' or 'text=sentence'; "
                 "'+' joins negative columns."})
@@ -36,9 +38,75 @@ class ScriptArguments:
         "help": "Reward functions from grace_trl.rewards' registry ('grace', 'think_format')."})
 
 
+# The Trainer / GRPO / model fields most runs set, shown by the short ``--help`` next to GRACE's own.
+COMMON_FIELDS = ("output_dir", "model_name_or_path", "max_steps", "num_train_epochs", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "steps_per_generation", "logging_steps", "save_steps", "bf16",
+                 "use_peft", "use_vllm", "report_to", "push_to_hub", "hub_model_id", "resume_from_checkpoint")
+
+
+def build_parser() -> TrlParser:
+    return TrlParser((ScriptArguments, GRACEConfig, ModelConfig), prog="grace-trl train", allow_abbrev=False)
+
+
+def short_help(parser: TrlParser) -> str:
+    """The options a GRACE run is about; ``--help-all`` prints TRL's full list."""
+    import dataclasses
+
+    helps = {f.name: f.metadata.get("help", "") for cls in (ScriptArguments, GRACEConfig, ModelConfig)
+             for f in dataclasses.fields(cls)}
+    defaults = {a.dest: a.default for a in parser._actions}
+
+    def line(name: str) -> str:
+        text = " ".join(str(helps.get(name, "")).replace("`", "").split())
+        text = text.split(". ")[0].rstrip(".") + "." if text else ""  # first sentence: one line per option
+        default = defaults.get(name)
+        shown = f" (default: {default})" if default not in (None, "", []) and len(str(default)) < 60 else ""
+        return f"  --{name:<30} {text}{shown}"
+
+    lines = [
+        "usage: grace-trl train [--config RECIPE.yaml] [--FIELD VALUE ...]",
+        "",
+        "Train an LLM as a text embedder with GRACE. A recipe's keys are the field names below; a flag given",
+        "on the command line overrides the recipe. Every flag is accepted as --name or --name-with-dashes.",
+        "",
+        "options:",
+        f"  --{'config':<30} YAML recipe (e.g. recipes/smollm2-135m/supervised.yaml).",
+        f"  --{'help-all':<30} Every option (all GRPOConfig, TrainingArguments and ModelConfig fields).",
+        "",
+        "data:",
+        *[line(f.name) for f in dataclasses.fields(ScriptArguments)],
+        "",
+        "GRACE:",
+        *[line(name) for name in GRACEConfig.__annotations__],
+        "",
+        "common training options:",
+        *[line(name) for name in COMMON_FIELDS],
+        "",
+        "Multi-GPU / DeepSpeed: add accelerate launch options, e.g. --accelerate_config zero2 --num_processes 8",
+        "(TRL's configs: zero1, zero2, zero3, multi_gpu, fsdp1, fsdp2; or a config file).",
+    ]
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
-    parser = TrlParser((ScriptArguments, GRACEConfig, ModelConfig))
-    return parser.parse_args_and_config(args=argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if "--help-all" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    if "-h" in argv or "--help" in argv:
+        print(short_help(parser))
+        raise SystemExit(0)
+    from ..cli_args import UsageError, check_recipe, config_path
+
+    config = config_path(argv)
+    if config:
+        check_recipe(config, parser)
+
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except ValueError as err:  # raised by the config dataclasses' validation: a bad value, not a bug
+        raise UsageError(" ".join(str(err).split())) from err
 
 
 def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: ModelConfig):
@@ -48,7 +116,7 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
     checkpoint = _check_output_dir(training_args)
     dataset = load_grace_dataset(
         script_args.dataset_name, mode=training_args.mode, column_mapping=script_args.column_mapping,
-        split=script_args.dataset_split, dataset_config=script_args.dataset_config,
+        split=script_args.dataset_train_split, dataset_config=script_args.dataset_config,
         num_negatives=training_args.num_negatives if training_args.mode == "supervised" else None,
         limit=script_args.max_train_samples)
     logger.info("training rows: %d (%s, mode=%s)", len(dataset), script_args.dataset_name, training_args.mode)
@@ -70,6 +138,10 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(training_args.output_dir)
+        source = script_args.dataset_name
+        hub_dataset = None if source in SAMPLE_DATASETS or os.path.exists(os.path.expanduser(source)) else source
+        trainer.create_model_card(model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
+                                  dataset_name=hub_dataset)
         logger.info("saved GRACE checkpoint to %s (curves: training_curves.csv/png there)",
                     os.path.abspath(training_args.output_dir))
     return trainer
@@ -91,7 +163,57 @@ def _check_output_dir(training_args: GRACEConfig) -> str | None:
     return checkpoint
 
 
+ENTRY_MODULE = "grace_trl.commands.train"  # what accelerate launch runs on every process
+
+
+def split_launch_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(accelerate launch options, training options): what no training dataclass takes goes to accelerate.
+
+    ``--accelerate_config NAME`` names one of TRL's shipped configs (zero2, zero3, multi_gpu, fsdp2, ...) or a
+    file, as ``trl grpo`` does.
+    """
+    from accelerate.commands.launch import launch_command_parser
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    from ..cli_args import UsageError, check_recipe, config_path
+
+    parser = build_parser()
+    if config_path(argv):
+        check_recipe(config_path(argv), parser)  # an unknown key is reported as such, not as a launch option
+    try:
+        *_, cli_remaining = parser.parse_args_and_config(argv, return_remaining_strings=True,
+                                                         separate_remaining_strings=True)
+    except ValueError as err:
+        raise UsageError(" ".join(str(err).split())) from err
+    if not cli_remaining:
+        return [], argv
+    script_argv, pending = [], list(cli_remaining)
+    for token in argv:  # cli_remaining is an ordered subsequence of argv
+        if pending and token == pending[0]:
+            pending.pop(0)
+        else:
+            script_argv.append(token)
+    try:
+        launch_args = resolve_accelerate_config_argument(list(cli_remaining))
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from err
+    _, unknown = launch_command_parser().parse_known_args([*launch_args, "--module", ENTRY_MODULE])
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (neither a training option nor an "
+                         "accelerate launch option; grace-trl train --help-all lists the training options)")
+    return launch_args, script_argv
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(flag in argv for flag in ("-h", "--help", "--help-all")):
+        launch_args, script_argv = split_launch_args(argv)
+        if launch_args:
+            # like `trl grpo --accelerate_config zero2 --num_processes 8`: this module under accelerate launch
+            from accelerate.commands.launch import launch_command, launch_command_parser
+
+            launch_command(launch_command_parser().parse_args([*launch_args, "--module", ENTRY_MODULE, *script_argv]))
+            return 0
     script_args, training_args, model_args = parse_args(argv)
     run(script_args, training_args, model_args)
     return 0

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cli_args import ArgumentParser
 from .tasks import LOCAL_TASKS, TASK_ALIASES, get_local_task
 
 logger = logging.getLogger(__name__)
@@ -70,19 +71,43 @@ def plan_runs(specs: list[str], no_rationale: bool, both: bool) -> list[ModelRun
 
 
 def canonical_tasks(spec: str) -> list[str]:
+    """Bundled offline tasks (by name or short alias) and any other task mteb knows (data from the Hub)."""
+    import mteb
+
     names = []
     for raw in [s.strip() for s in spec.split(",") if s.strip()]:
         name = TASK_ALIASES.get(raw.lower(), raw)
         if name not in LOCAL_TASKS:
-            raise ValueError(f"--tasks: unknown task {raw!r}; available offline: {sorted(LOCAL_TASKS)}")
+            try:
+                mteb.get_task(name)
+            except KeyError:
+                raise ValueError(f"--tasks: unknown task {raw!r}; offline: {sorted(LOCAL_TASKS)}, or any mteb task "
+                                 "name (its data comes from the Hub)") from None
         names.append(name)
     if not names:
         raise ValueError("--tasks is empty")
     return names
 
 
+def make_task(name: str, args):
+    """A bundled task reading ``--data-dir``, else mteb's own task (``--limit`` does not apply there)."""
+    import mteb
+
+    if name in LOCAL_TASKS:
+        return get_local_task(name, **_task_kwargs(args))
+    if args.limit:
+        raise ValueError(f"--limit applies to the bundled offline tasks only, not to {name!r}")
+    return mteb.get_task(name)
+
+
+def check_task_data(task_names: list[str], args) -> None:
+    """Load every task's data once before any model loads: a wrong --data-dir fails in seconds, not after."""
+    for name in task_names:
+        make_task(name, args).load_data()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grace-trl eval", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="grace-trl eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
                    help="Model alias, local checkpoint, Hub id, or sentence-transformers folder. Repeatable.")
     p.add_argument("--tasks", default="STSBenchmark,SciFact,Banking77Classification")
@@ -172,7 +197,7 @@ def run_evaluation(args) -> dict:
     checked_paths: set[str] = set()
     for run in runs:
         logger.info("evaluating %s", run.label)
-        task_objs = [get_local_task(n, **_task_kwargs(args)) for n in task_names]
+        task_objs = [make_task(n, args) for n in task_names]
         if run.kind == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
 
@@ -266,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        canonical_tasks(args.tasks)
+        task_names = canonical_tasks(args.tasks)
         plan_runs(args.model, args.no_rationale, args.with_and_without_rationale)
         resolve_system_prompt(args)
-    except ValueError as err:
-        print(f"grace-trl eval: {err}", file=sys.stderr)
+        check_task_data(task_names, args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"grace-trl eval: error: {err}", file=sys.stderr)
         return 2
     results = run_evaluation(args)
     paths = write_reports(results, args.output_dir, html_output=not args.no_html)

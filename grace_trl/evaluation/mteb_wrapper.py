@@ -18,6 +18,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
 from ..encoder import GRACEEncoder
+from ..models import MODEL_ALIASES
 
 
 def _mteb_name(label: str) -> str:
@@ -103,3 +104,87 @@ class GRACEMTEBEncoder(AbsEncoder):
             convert_to_numpy=True,
             **instruction,
         )
+
+
+def _weights_digest(folder: str) -> str:
+    """Content hash of a local checkpoint's weights and GRACE settings: mteb's revision for a folder.
+
+    Two checkpoints of one run share names and sizes, so only the bytes tell them apart.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    names = sorted(n for n in os.listdir(folder)
+                   if n.endswith((".safetensors", ".bin")) or n in ("grace_config.json", "config.json"))
+    if not names:
+        raise FileNotFoundError(f"{folder} holds no model weights (*.safetensors / *.bin)")
+    for name in names:
+        digest.update(name.encode())
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def load_grace_mteb_model(name: str, revision: str | None = None, *, model_path: str | None = None,
+                          rationale: bool = True, max_new_tokens: int | None = None, task_instructions: bool = False,
+                          device: str | None = None, **encoder_kwargs) -> GRACEMTEBEncoder:
+    """mteb loader (``ModelMeta.loader``): ``name`` is mteb's model name, ``model_path`` the folder or Hub id.
+
+    mteb passes ``experiment_kwargs`` (``rationale``, ``max_new_tokens``, ...) back as keywords, so a result
+    folder and the settings that produced it cannot drift apart.
+    """
+    source = model_path or name
+    if not os.path.isdir(source) and source not in MODEL_ALIASES:
+        from huggingface_hub import snapshot_download
+
+        source = snapshot_download(source, revision=revision)  # the exact revision mteb files results under
+    encoder = GRACEEncoder.from_pretrained(source, device=device, **encoder_kwargs)
+    return GRACEMTEBEncoder(encoder, use_rationale=rationale, max_new_tokens=max_new_tokens, name=name,
+                            use_task_instructions=task_instructions)
+
+
+def grace_model_meta(name_or_path: str, *, use_rationale: bool = True, max_new_tokens: int | None = None,
+                     revision: str | None = None, name: str | None = None, **encoder_kwargs) -> ModelMeta:
+    """An mteb ``ModelMeta`` for a GRACE checkpoint (local folder, alias or Hub id) with a loader.
+
+    ``meta.load_model()`` returns the encoder, and ``mteb.evaluate(meta.load_model(), tasks)`` files results
+    under ``name`` (default: the Hub id, or ``grace-trl/<folder name>``) and ``revision`` (default: a content
+    hash for a local folder; the given Hub revision, else none, for a Hub id).
+    """
+    from ..config import GRACESettings
+    from ..models import resolve_model_name
+
+    local = name_or_path in MODEL_ALIASES or os.path.isdir(os.path.expanduser(name_or_path))
+    path = resolve_model_name(name_or_path) if local else name_or_path
+    if not local and re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path) is None:
+        raise FileNotFoundError(f"{name_or_path} is neither a local checkpoint folder, a model alias "
+                                f"({', '.join(MODEL_ALIASES)}) nor a Hub id (organization/name)")
+    settings = GRACESettings.load(path) if local else None
+    if max_new_tokens is None and use_rationale:
+        max_new_tokens = settings.max_new_tokens if settings is not None else GRACESettings().max_new_tokens
+    experiment = {"rationale": use_rationale}
+    if use_rationale:
+        experiment["max_new_tokens"] = int(max_new_tokens)
+    return ModelMeta(
+        loader=load_grace_mteb_model,
+        loader_kwargs={"model_path": path, **encoder_kwargs},
+        name=name or _mteb_name(name_or_path),
+        revision=revision or (_weights_digest(path) if local else None),
+        release_date=None,
+        languages=None,
+        n_parameters=None,
+        memory_usage_mb=None,
+        max_tokens=None,
+        embed_dim=None,
+        license=None,
+        open_weights=True,
+        public_training_code="https://pypi.org/project/grace-trl/",
+        public_training_data=None,
+        framework=["PyTorch"],
+        reference="https://arxiv.org/abs/2510.04506",
+        similarity_fn_name=ScoringFunction.COSINE,
+        use_instructions=False,
+        training_datasets=None,
+        experiment_kwargs=experiment,
+    )

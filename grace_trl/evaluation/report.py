@@ -133,10 +133,11 @@ def bar_plot_png(results: dict) -> bytes:
     if any(t.get("reduced") for t in results["tasks"]):
         title += " (reduced run)"
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # below the axes, so no legend box hides a bar
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(len(labels), 3), frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -151,6 +152,9 @@ def html_report(results: dict, png: bytes | None) -> str:
     if any(t.get("reduced") for t in results["tasks"]):
         parts.append("<p class='r'><b>Reduced run (--limit):</b> scores are NOT comparable with the MTEB "
                      "leaderboard.</p>")
+    if results.get("system_prompt_override") is not None:
+        parts.append("<p><b>System prompt override</b> (every model embeds with it, not with its own):</p>"
+                     f"<pre class='rat'>{e(results['system_prompt_override'] or '(none)')}</pre>")
     labels = [m["label"] for m in results["models"]]
     parts.append("<h2>Per task</h2><table><tr><th>model</th>" + "".join(
         f"<th>{e(task_label(t))}<br><small>{e(t['main_score'])}</small></th>" for t in results["tasks"]) + "</tr>")
@@ -172,20 +176,29 @@ def html_report(results: dict, png: bytes | None) -> str:
     for t in results["tasks"]:
         if t.get("reduced"):
             parts.append(f"<p><small>{e(t['name'])} reduction: {e(json.dumps(t['reduction']))}</small></p>")
-    parts.append("<h2>Models</h2><ul>")
+    keys = list(dict.fromkeys(k for m in results["models"] for k in m["settings"]))
+    parts.append("<h2>Models</h2><table><tr><th>model</th><th>path</th>" +
+                 "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>")
     for m in results["models"]:
-        parts.append(f"<li><b>{e(m['label'])}</b>: <code>{e(m['path'])}</code> {e(json.dumps(m['settings']))}</li>")
-    parts.append("</ul>")
+        parts.append(f"<tr><td><b>{e(m['label'])}</b></td><td><code>{e(m['path'])}</code></td>" + "".join(
+            f"<td>{e(str(m['settings'].get(k, '')))}</td>" for k in keys) + "</tr>")
+    parts.append("</table>")
     samples = results.get("samples") or {}
     for label, pairs in samples.items():
         parts.append(f"<h2>Sample STS pairs — {e(label)}</h2><table><tr><th>gold (0-5)</th><th>cosine</th>"
                      "<th>text 1 / rationale</th><th>text 2 / rationale</th></tr>")
         for p in pairs:
+            cut = p.get("truncated") or [False, False]
+            mark = ["<div class='r'><small>truncated: hit max_new_tokens without EOS</small></div>" if c else ""
+                    for c in cut]
             parts.append(
                 f"<tr><td class='num'>{p['gold']:.2f}</td><td class='num'>{p['cosine']:.3f}</td>"
-                f"<td><b>{e(p['text1'])}</b><div class='rat'>{e(p['rationale1'])}</div></td>"
-                f"<td><b>{e(p['text2'])}</b><div class='rat'>{e(p['rationale2'])}</div></td></tr>")
+                f"<td><b>{e(p['text1'])}</b><div class='rat'>{e(p['rationale1'])}</div>{mark[0]}</td>"
+                f"<td><b>{e(p['text2'])}</b><div class='rat'>{e(p['rationale2'])}</div>{mark[1]}</td></tr>")
         parts.append("</table>")
+        if any(any(p.get("truncated") or []) for p in pairs):
+            parts.append("<p><small>A truncated rationale is embedded as generated (cut at max_new_tokens)."
+                         "</small></p>")
     gen = results.get("generation_check")
     if gen:
         parts.append("<h2>Generation preservation</h2>"

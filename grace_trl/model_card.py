@@ -1,0 +1,140 @@
+"""The model card of a GRACE checkpoint, built with ``huggingface_hub.ModelCard`` (metadata, model-index).
+
+One builder serves the trainer (TRL's ``create_model_card``/``push_to_hub``) and ``grace-trl push``, so a
+card says the same wherever it was written: the base model, what GRACE is, how to embed with
+``GRACEEncoder`` and sentence-transformers, the saved GRACE settings and, when given, evaluation results.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import textwrap
+from typing import Any, Mapping
+
+from .config import GRACESettings
+
+PAPER = {
+    "title": "GRACE: Generative Representation Learning via Contrastive Policy Optimization",
+    "id": "2510.04506",
+    # docstyle-ignore
+    "citation": textwrap.dedent("""\
+        @article{grace2025,
+            title   = {{GRACE: Generative Representation Learning via Contrastive Policy Optimization}},
+            journal = {arXiv preprint arXiv:2510.04506},
+            year    = {2025},
+            url     = {https://arxiv.org/abs/2510.04506}
+        }"""),
+}
+TAGS = ["grace", "trl", "sentence-transformers", "feature-extraction", "sentence-similarity", "embeddings"]
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+{% if base_model %}This model is a fine-tuned version of [{{ base_model }}](https://huggingface.co/{{ base_model }}){% else %}This model{% endif %}{% if dataset_name %} on the [{{ dataset_name }}](https://huggingface.co/datasets/{{ dataset_name }}) dataset{% endif %}, trained as a text embedder with **GRACE** ([{{ paper_title }}](https://huggingface.co/papers/{{ paper_id }})) using [grace-trl](https://pypi.org/project/grace-trl/) on top of [TRL](https://github.com/huggingface/trl).
+The model writes a short rationale about a text; the mean of its last-layer hidden states over the text and the rationale, L2-normalised, is the embedding. The weights are an ordinary causal LM, so the same folder also generates rationales with transformers or vLLM.
+
+## How to embed
+
+With rationales (GRACE's embedding):
+
+```python
+from grace_trl import GRACEEncoder
+
+encoder = GRACEEncoder.from_pretrained("{{ model_id }}")
+vectors, rationales = encoder.encode(["A man is playing a guitar."], return_rationales=True)
+```
+
+Without rationales (faster, usually less accurate), identical to `GRACEEncoder.encode(..., use_rationale=False)`.
+The prompt and pooling live in a small sentence-transformers module shipped with `grace-trl`, hence `trust_remote_code=True`:
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{{ model_id }}", trust_remote_code=True)
+embeddings = model.encode(["A man is playing a guitar.", "Someone plays an instrument."])
+print(model.similarity(embeddings, embeddings))
+```
+
+## GRACE settings (`grace_config.json`)
+
+| setting | value |
+|---|---|
+{% for key, value in settings %}| {{ key }} | {{ value }} |
+{% endfor %}
+{% if training %}
+## Training
+
+{% if wandb_url %}[Weights & Biases run]({{ wandb_url }}) {% endif %}{% if trackio_url %}[Trackio]({{ trackio_url }}) {% endif %}{% if comet_url %}[Comet]({{ comet_url }}){% endif %}
+
+| parameter | value |
+|---|---|
+{% for key, value in training %}| {{ key }} | {{ value }} |
+{% endfor %}{% endif %}
+{% if results %}
+## Evaluation
+
+| task | metric | value |
+|---|---|---|
+{% for task, metric, value in results %}| {{ task }} | {{ metric }} | {{ "%.4f" % value }} |
+{% endfor %}{% endif %}
+### Framework versions
+
+{% for name, version in versions %}- {{ name }}: {{ version }}
+{% endfor %}
+## Citation
+
+```bibtex
+{{ citation }}
+```
+"""
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+
+
+def escape_markdown(value: Any) -> str:
+    """One table cell: HTML-escaped (so ``<think>`` shows as text) and Markdown specials backslashed."""
+    text = html.escape(str(value), quote=False)
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\r", "").replace("\n", "<br>")
+
+
+def _versions() -> list[tuple[str, str]]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("grace-trl", "trl", "transformers", "sentence-transformers", "torch", "datasets"):
+        try:
+            out.append((name, version(name)))
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def build_model_card(model_id: str, settings: GRACESettings, model_name: str | None = None,
+                     base_model: str | None = None,
+                     license: str | None = None, dataset_name: str | None = None,
+                     results: Mapping[str, Mapping[str, float]] | None = None,
+                     training: Mapping[str, Any] | None = None, tags: list[str] | None = None,
+                     wandb_url: str | None = None, trackio_url: str | None = None, comet_url: str | None = None):
+    """A :class:`huggingface_hub.ModelCard`; ``results`` (task → metric → value) become its model-index."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    name = model_name or model_id.rstrip("/").split("/")[-1]
+    eval_results = [EvalResult(task_type="sentence-similarity", dataset_type=task, dataset_name=task,
+                               metric_type=metric, metric_value=float(value))
+                    for task, metrics in (results or {}).items() for metric, value in metrics.items()]
+    all_tags = list(dict.fromkeys([*TAGS, *(tags or [])]))
+    card_data = ModelCardData(base_model=base_model, datasets=[dataset_name] if dataset_name else None,
+                              license=license, library_name="sentence-transformers", model_name=name,
+                              pipeline_tag="sentence-similarity", tags=all_tags, eval_results=eval_results or None)
+    return ModelCard.from_template(
+        card_data, template_str=TEMPLATE, model_name=name, model_id=model_id, base_model=base_model,
+        dataset_name=dataset_name, paper_title=PAPER["title"], paper_id=PAPER["id"], citation=PAPER["citation"],
+        settings=[(k, escape_markdown(v)) for k, v in vars(settings).items()],
+        training=[(escape_markdown(k), escape_markdown(v)) for k, v in (training or {}).items()],
+        results=[(escape_markdown(t), escape_markdown(m), float(v)) for t, ms in (results or {}).items()
+                 for m, v in ms.items()],
+        versions=_versions(), wandb_url=wandb_url, trackio_url=trackio_url, comet_url=comet_url)

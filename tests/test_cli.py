@@ -1,0 +1,83 @@
+"""grace-trl behaves like TRL's CLI: --version, a short train --help, both flag spellings, no prefix matching,
+and one-line errors (no traceback) for bad recipes, model names and data files."""
+
+from __future__ import annotations
+
+import pytest
+
+from grace_trl.cli import main
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith(f"grace-trl {version('grace-trl')} (trl ")
+
+
+def test_train_help_is_short_and_lists_grace_fields(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) < 80, "the short help should fit a screen or two"
+    for flag in ("--config", "--help-all", "--lambda_consistency", "--reward_variant", "--max_steps",
+                 "--dataset_name"):
+        assert any(line.strip().startswith(flag) for line in lines), flag
+    assert "`" not in out  # plain text, no markup
+
+
+def test_both_flag_spellings_and_no_prefix_matching(tmp_path, capsys):
+    from grace_trl.baselines import _parse
+    from grace_trl.commands.export import build_parser
+    from grace_trl.commands.train import parse_args
+
+    common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
+    underscored = parse_args(["--max_steps", "3", "--num-generations", "2", *common])[1]
+    dashed = parse_args(["--max-steps", "3", "--num_generations", "2", *common])[1]
+    assert underscored.max_steps == dashed.max_steps == 3
+    assert underscored.num_generations == dashed.num_generations == 2
+    assert build_parser().parse_args(["--checkpoint", "a", "--output", "b", "--base_model", "x"]).base_model == "x"
+    assert _parse(["--max-steps", "5"]).max_steps == 5  # train-cl's fields are underscored: dashes work too
+
+    assert main(["train", "--max_step", "3", *common]) == 2
+    assert "--max_step" in _error_line(capsys)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--check", "a", "--output", "b"])  # no silent '--checkpoint'
+
+
+def test_unknown_recipe_key_names_the_closest_valid_key(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("max_step: 3\nmode: supervised\n")
+    assert main(["train", "--config", str(recipe)]) == 2
+    expected = f"grace-trl train: error: {recipe}: unknown key 'max_step'; did you mean 'max_steps'?"
+    assert _error_line(capsys) == expected
+
+
+def test_unknown_model_alias_lists_the_known_ones(tmp_path, capsys):
+    rc = main(["train", "--model_name_or_path", "smollm2-350m", "--max_train_samples", "2", "--use_cpu", "true",
+               "--output_dir", str(tmp_path)])
+    assert rc == 2
+    assert _error_line(capsys) == ("grace-trl train: error: unknown model 'smollm2-350m': not a local folder, "
+                                   "a Hub id (organization/name) or a known alias (smollm2-135m)")
+
+
+def test_missing_data_file_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "pairs.jsonl"
+    assert main(["train", "--dataset_name", str(missing), "--use_cpu", "true", "--output_dir", str(tmp_path)]) == 2
+    assert _error_line(capsys) == f"grace-trl train: error: dataset file {missing} does not exist"
+
+
+def test_trl_script_argument_names(tmp_path):
+    from grace_trl.commands.train import parse_args
+
+    common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
+    assert parse_args(["--dataset_train_split", "dev", *common])[0].dataset_train_split == "dev"
+    assert parse_args(["--dataset-split", "dev", *common])[0].dataset_train_split == "dev"  # the former name
