@@ -84,8 +84,10 @@ def merge_adapter(checkpoint: str, output: str, base_model: str | None = None, d
         base_path = resolve_model_name(base)
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype or "auto")
     except OSError as exc:
-        raise OSError(f"cannot load the base model {base!r} of adapter {checkpoint} ({exc}); pass --base-model with "
-                      "a local folder or Hub id") from exc
+        # FileNotFoundError: grace-trl prints it as one line
+        reason = " ".join(str(exc).split())
+        raise FileNotFoundError(f"cannot load the base model {base!r} of adapter {checkpoint} ({reason}); "
+                                "pass --base-model with a local folder or Hub id") from exc
     merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
     merged.save_pretrained(output)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint if _has_tokenizer(checkpoint) else base_path)
@@ -125,4 +127,9 @@ def export_checkpoint(checkpoint: str, output: str, mode: str = "merge", base_mo
         files = _copy_matching(checkpoint, output, MODEL_FILE_PATTERNS + TOKENIZER_FILE_PATTERNS)
         summary["files"] = files
     summary["grace_config"] = _copy_settings(checkpoint, output)
+    if summary["grace_config"]:
+        from .st_module import write_sentence_transformers_files
+
+        # SentenceTransformer(output, trust_remote_code=True) embeds as GRACEEncoder(use_rationale=False)
+        write_sentence_transformers_files(output)
     return summary

@@ -235,15 +235,15 @@ def test_bad_results_file_fails_before_any_upload(fake_hub, checkpoint, tmp_path
 def test_sentence_transformers_prefix_uses_the_chat_template_kwargs(smollm2_path):
     from transformers import AutoTokenizer
 
-    from grace_trl.hub import chat_prefix
     from grace_trl.prompts import PromptEncoder
+    from grace_trl.st_module import GRACETransformer
 
     tok = AutoTokenizer.from_pretrained(smollm2_path)
     tok.chat_template = "{% if persona is defined %}[{{ persona }}]{% endif %}" + tok.chat_template
     settings = GRACESettings(instruction="Represent:", chat_template_kwargs={"persona": "analyst"})
-    prefix = chat_prefix(tok, settings)
-    assert prefix.startswith("[analyst]") and prefix.endswith("Represent:\n")
-    # the prefix is exactly the training prompt up to the text
+    features = GRACETransformer(None, tok, settings).preprocess(["A dog runs."])
+    ids = features["input_ids"][0][features["attention_mask"][0].bool()].tolist()
+    assert tok.decode(ids).startswith("[analyst]")
+    # the sentence-transformers input is exactly the training prompt
     pe = PromptEncoder(tok, settings.system_prompt, settings.instruction, settings.chat_template_kwargs)
-    enc = pe("A dog runs.")
-    assert tok.decode(enc.input_ids).startswith(prefix + "A dog runs.")
+    assert ids == pe("A dog runs.").input_ids
