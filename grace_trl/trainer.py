@@ -195,9 +195,7 @@ class GRACETrainer(GRPOTrainer):
         (ZeRO-3 parameters gathered, PEFT adapters active), under ``torch.no_grad``. Must return
         pooled vectors only.
         """
-        pad = self.grace_tokenizer.pad_token_id
-        if pad is None:
-            pad = self._grace_eos_ids[0]
+        pad = self._grace_pad_id()
         # Prefix sharing makes two forward calls per batch; under ZeRO-3 without gathered parameters every
         # forward is a collective, so keep the call count independent of the data there.
         zero3_ungathered = (self.is_deepspeed_enabled and not self.args.ds3_gather_for_generation
@@ -209,18 +207,25 @@ class GRACETrainer(GRPOTrainer):
         """One rationale per anchor prompt at ``anchor_temperature`` (HF generate)."""
         if not prompt_ids:
             return []
+        config = GenerationConfig(**self._anchor_generation_kwargs(self._grace_pad_id()))
+        return self._generate_left_padded(model, prompt_ids, generation_config=config)
+
+    def _grace_pad_id(self) -> int:
         pad = self.grace_tokenizer.pad_token_id
-        pad = pad if pad is not None else self._grace_eos_ids[0]
+        return pad if pad is not None else self._grace_eos_ids[0]
+
+    def _generate_left_padded(self, model, prompt_ids: list[list[int]], **generate_kwargs) -> list[list[int]]:
+        """Left-pad, generate under GRACE's decoding rules only, cut each row after its first EOS."""
+        pad = self._grace_pad_id()
         width = max(len(p) for p in prompt_ids)
         ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for i, p in enumerate(prompt_ids):
             ids[i, width - len(p):] = torch.tensor(p)
             attn[i, width - len(p):] = 1
-        config = GenerationConfig(**self._anchor_generation_kwargs(pad))
         device = self.accelerator.device
         with ignoring_model_generation_config(model):
-            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config)
+            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **generate_kwargs)
         completions = []
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in self._grace_eos_ids), None)
@@ -369,16 +374,8 @@ class GRACETrainer(GRPOTrainer):
         anchor_texts, _ = self._anchor_texts(self._grace_rows, G)
         anchor_ids = [self.prompt_encoder(t).input_ids for t in anchor_texts]
         all_ids = [list(p) for p in prompt_ids] + anchor_ids
-        pad = self._tokenizer.pad_token_id
-        width = max(len(p) for p in all_ids)
-        ids = torch.full((len(all_ids), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(all_ids):
-            ids[i, width - len(p):] = torch.tensor(p)
-            attn[i, width - len(p):] = 1
         base_t = float(self.generation_config.temperature or 1.0)
         temps = [base_t] * len(prompt_ids) + [float(self.args.anchor_temperature)] * len(anchor_ids)
-        device = self.accelerator.device
         with (
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
@@ -387,14 +384,9 @@ class GRACETrainer(GRPOTrainer):
             ) as unwrapped,
             torch.no_grad(),
         ):
-            with ignoring_model_generation_config(unwrapped):  # GRACE's decoding rules only, as for vLLM
-                out = unwrapped.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                         generation_config=self.generation_config,
-                                         logits_processor=LogitsProcessorList([RowTemperature(temps, base_t)]))
-        completions = []
-        for row in out[:, width:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in self.eos_token_ids), None)
-            completions.append(row if cut is None else row[: cut + 1])
+            completions = self._generate_left_padded(
+                unwrapped, all_ids, generation_config=self.generation_config,
+                logits_processor=LogitsProcessorList([RowTemperature(temps, base_t)]))
         self._grace_fused_anchors = completions[len(prompt_ids):]
         return completions[: len(prompt_ids)], None
 
