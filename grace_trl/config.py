@@ -13,57 +13,18 @@ down-weighted per token as under per-sequence normalisation (``"grpo"``). The re
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from trl import GRPOConfig
 
 from .checks import validate_config_values
-from .files import atomic_write
 from .pooling import POOLING_METHODS
 from .prompts import DEFAULT_SYSTEM_PROMPT, normalize_system_prompt
+from .settings import SETTINGS_FILE, GRACESettings  # noqa: F401  (re-exported: grace_trl.config.GRACESettings)
 
-SETTINGS_FILE = "grace_config.json"
 MODES = ("supervised", "unsupervised")
 REWARD_VARIANTS = ("paper", "effective")
-
-
-@dataclass
-class GRACESettings:
-    """What an encoder must know to embed exactly as training did. Saved as ``grace_config.json``."""
-
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    instruction: str | None = None
-    pooling: str = "mean"
-    max_new_tokens: int = 256
-    mode: str = "supervised"
-    reward_variant: str = "effective"
-    # extra chat-template variables used in training (e.g. Qwen3's enable_thinking): part of the prompt
-    chat_template_kwargs: dict | None = None
-
-    def save(self, directory: str) -> str:
-        path = os.path.join(directory, SETTINGS_FILE)
-        with atomic_write(path) as f:
-            json.dump(asdict(self), f, indent=2)
-        return path
-
-    @classmethod
-    def load(cls, directory: str) -> "GRACESettings | None":
-        """Settings saved next to a checkpoint, or None for a model never trained with GRACE."""
-        path = os.path.join(directory, SETTINGS_FILE)
-        if not os.path.isfile(path):
-            return None
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON ({err}); delete it or save the settings again") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass

@@ -25,11 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import CachedRationale, RationaleCache, make_key, model_fingerprint
-from .config import GRACESettings
 from .generation import ignoring_model_generation_config
 from .models import resolve_model_name
 from .pooling import POOLING_METHODS, embed_token_sequences, pool_span
 from .prompts import PromptEncoder
+from .settings import GRACESettings
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _hub_settings(repo_id: str) -> GRACESettings | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    from .config import SETTINGS_FILE
+    from .settings import SETTINGS_FILE
 
     try:
         path = hf_hub_download(repo_id, SETTINGS_FILE)
@@ -194,7 +194,7 @@ def _check_max_new_tokens(value, default: int) -> int:
 
 def _warn_trained_without_settings(path: str) -> None:
     """A folder written by a Trainer but lacking ``grace_config.json`` would embed with defaults that may differ."""
-    from .config import SETTINGS_FILE
+    from .settings import SETTINGS_FILE
 
     if any(os.path.isfile(os.path.join(path, f)) for f in ("trainer_state.json", "training_args.bin")):
         defaults = GRACESettings()

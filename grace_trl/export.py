@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 
-from .config import SETTINGS_FILE
+from .settings import SETTINGS_FILE
 
 logger = logging.getLogger("grace_trl")
 

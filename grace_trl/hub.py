@@ -15,7 +15,7 @@ import os
 import tempfile
 from typing import Any, Mapping
 
-from .config import SETTINGS_FILE, GRACESettings
+from .settings import SETTINGS_FILE, GRACESettings
 
 logger = logging.getLogger("grace_trl")
 

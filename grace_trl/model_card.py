@@ -12,7 +12,7 @@ import re
 import textwrap
 from typing import Any, Mapping
 
-from .config import GRACESettings
+from .settings import GRACESettings
 
 PAPER = {
     "title": "GRACE: Generative Representation Learning via Contrastive Policy Optimization",

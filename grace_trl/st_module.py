@@ -22,9 +22,9 @@ from typing import Any, Sequence
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
-from .config import SETTINGS_FILE, GRACESettings
 from .pooling import get_backbone, masked_mean, pool_span, span_mask
 from .prompts import PromptEncoder
+from .settings import SETTINGS_FILE, GRACESettings
 
 ST_ROOT_FILES = ("modules.json", "config_sentence_transformers.json")
 MODULE_CONFIG_FILE = "grace_sentence_transformers.json"

@@ -136,8 +136,8 @@ def test_generation_check_on_tiny_model(tiny_model_path):
 
 def test_eval_cli_system_prompt_override(tiny_model_path, shared_data, tmp_path):
     """One prompt for every causal LM: literal and from-checkpoint forms agree and are recorded."""
-    from grace_trl.config import GRACESettings
     from grace_trl.evaluation.cli import main
+    from grace_trl.settings import GRACESettings
 
     ckpt = tmp_path / "ckpt"
     GRACESettings(system_prompt="Summarise the text in one line.").save(str(ckpt))

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from grace_trl.config import SETTINGS_FILE, GRACESettings
+from grace_trl.settings import SETTINGS_FILE, GRACESettings
 
 
 @pytest.fixture(scope="module")

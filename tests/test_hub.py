@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from grace_trl.config import GRACESettings
+from grace_trl.settings import GRACESettings
 
 TOKEN = "hf_testtoken_must_not_leak_0123456789"
 TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]

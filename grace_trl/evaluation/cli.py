@@ -156,7 +156,7 @@ def resolve_system_prompt(args) -> tuple[bool, str | None]:
 
         return True, normalize_system_prompt(args.system_prompt)
     if args.system_prompt_from is not None:
-        from ..config import GRACESettings
+        from ..settings import GRACESettings
 
         settings = GRACESettings.load(args.system_prompt_from) if os.path.isdir(args.system_prompt_from) else None
         if settings is None:

@@ -152,8 +152,8 @@ def grace_model_meta(name_or_path: str, *, use_rationale: bool = True, max_new_t
     under ``name`` (default: the Hub id, or ``grace-trl/<folder name>``) and ``revision`` (default: a content
     hash for a local folder; the given Hub revision, else none, for a Hub id).
     """
-    from ..config import GRACESettings
     from ..models import resolve_model_name
+    from ..settings import GRACESettings
 
     local = name_or_path in MODEL_ALIASES or os.path.isdir(os.path.expanduser(name_or_path))
     path = resolve_model_name(name_or_path) if local else name_or_path
