@@ -10,13 +10,16 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_messages  # noqa: E402
-from .settings import GRACESettings  # noqa: E402
 
 __all__ = ["GRACEConfig", "GRACETrainer", "GRACEEncoder", "GRACESettings", "DEFAULT_SYSTEM_PROMPT", "build_messages",
            "__version__"]
 
 
 def __getattr__(name):  # heavy modules load on first use; embedding never needs TRL, so it is not imported here
+    if name == "GRACESettings":
+        from .settings import GRACESettings
+
+        return GRACESettings
     if name == "GRACEConfig":
         from .config import GRACEConfig
 

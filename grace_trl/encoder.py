@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import CachedRationale, RationaleCache, make_key, model_fingerprint
-from .generation import ignoring_model_generation_config
+from .generation import BACKENDS, ignoring_model_generation_config
 from .models import resolve_model_name
 from .pooling import POOLING_METHODS, embed_token_sequences, pool_span
 from .prompts import PromptEncoder
@@ -280,7 +280,7 @@ class GRACEEncoder:
             kwargs = {"gpu_memory_utilization": 0.5, **(backend_kwargs or {})}
             generator = VLLMRationaleGenerator(path, **kwargs)
         else:
-            raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         return cls(model, tokenizer, settings, name_or_path=name_or_path, generator=generator,
                    cache_dir=cache_dir, backend_name=backend)
 

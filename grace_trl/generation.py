@@ -12,6 +12,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+# Rationale length in tokens (training's max_completion_length, the encoder's max_new_tokens) unless set.
+DEFAULT_MAX_NEW_TOKENS = 256
+# Rationale generators of GRACEEncoder: transformers' generate, or a vLLM engine (GPU; see docs/vllm.md).
+BACKENDS = ("hf", "vllm")
+
 
 @contextmanager
 def ignoring_model_generation_config(model) -> Iterator[None]:

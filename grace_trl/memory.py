@@ -16,6 +16,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from .generation import DEFAULT_MAX_NEW_TOKENS
+
 GIB = 1024**3
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3_offload")
 ACCELERATE_CONFIGS = {
@@ -211,7 +213,7 @@ class TrainingShape:
     gradient_accumulation_steps: int = 1
     steps_per_generation: int | None = None
     num_generations: int = 8
-    max_completion_length: int = 256
+    max_completion_length: int = DEFAULT_MAX_NEW_TOKENS
     prompt_tokens: int = 128
     gradient_checkpointing: bool = True
     use_vllm: bool = False

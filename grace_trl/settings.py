@@ -10,8 +10,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 
+from .data import DEFAULT_MODE
 from .files import atomic_write
+from .generation import DEFAULT_MAX_NEW_TOKENS
+from .pooling import DEFAULT_POOLING
 from .prompts import DEFAULT_SYSTEM_PROMPT
+from .rewards import DEFAULT_REWARD_VARIANT
 
 SETTINGS_FILE = "grace_config.json"
 
@@ -22,10 +26,10 @@ class GRACESettings:
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     instruction: str | None = None
-    pooling: str = "mean"
-    max_new_tokens: int = 256
-    mode: str = "supervised"
-    reward_variant: str = "effective"
+    pooling: str = DEFAULT_POOLING
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    mode: str = DEFAULT_MODE
+    reward_variant: str = DEFAULT_REWARD_VARIANT
     # extra chat-template variables used in training (e.g. Qwen3's enable_thinking): part of the prompt
     chat_template_kwargs: dict | None = None
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli_args import ArgumentParser
+from ..generation import BACKENDS
 from .tasks import LOCAL_TASKS, TASK_ALIASES, get_local_task
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Folder holding STSBenchmark/, SciFact/, Banking77Classification/.")
     p.add_argument("--cache-dir", default=None, help="Rationale cache (default OUTPUT_DIR/rationale_cache).")
     p.add_argument("--device", default=None)
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    p.add_argument("--backend", default=BACKENDS[0], choices=BACKENDS)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is much faster on a CPU shared with other jobs).")
     p.add_argument("--generation-check", action="store_true",
