@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 from grace_trl.encoder import GRACEEncoder
-from grace_trl.evaluation.cli import resolve_system_prompt
+from grace_trl.evaluation.runner import resolve_system_prompt
 from grace_trl.evaluation.stats import paired_spearman_difference
 from grace_trl.evaluation.tasks import get_local_task
 

@@ -62,3 +62,21 @@ def test_training_names_still_load_from_the_package():
             "from grace_trl.config import SETTINGS_FILE, GRACESettings as Compat\n"
             "import grace_trl.settings as s; assert Compat is s.GRACESettings and SETTINGS_FILE == s.SETTINGS_FILE")
     assert _loads_trl(code)
+
+
+def test_entry_points_live_in_commands_only():
+    from grace_trl.cli import COMMANDS
+
+    assert all(module.startswith("grace_trl.commands.") for module, _ in COMMANDS.values()), COMMANDS
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] == "commands" or rel.as_posix() == "cli.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name in ("main", "build_parser"):
+                offenders.append(f"{rel} defines {node.name}()")
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                offenders.append(f"{rel} runs as a script")
+    assert not offenders, offenders
