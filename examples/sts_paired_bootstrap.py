@@ -24,9 +24,8 @@ from grace_trl.evaluation.tasks import get_local_task
 
 def pair_cosines(path, s1, s2, args, override):
     enc = GRACEEncoder.from_pretrained(path, cache_dir=args.cache_dir)
-    if override[0]:
-        enc.settings.system_prompt = override[1]
-    vecs = enc.encode(s1 + s2, max_new_tokens=args.max_new_tokens, use_rationale=not args.no_rationale)
+    prompt = {"system_prompt": override[1]} if override[0] else {}  # the checkpoint's settings stay untouched
+    vecs = enc.encode(s1 + s2, max_new_tokens=args.max_new_tokens, use_rationale=not args.no_rationale, **prompt)
     return np.sum(vecs[: len(s1)] * vecs[len(s1):], axis=1)
 
 

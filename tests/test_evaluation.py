@@ -233,3 +233,40 @@ def test_eval_checks_task_data_before_loading_a_model(tmp_path, capsys):
                  "--output-dir", str(tmp_path / "out")]) == 2
     assert "--limit applies to the bundled offline tasks only" in capsys.readouterr().err
 
+
+def test_prompt_override_leaves_the_encoder_settings_alone(tiny_model_path):
+    """The override reaches encode() as system_prompt=; the encoder keeps the checkpoint's settings."""
+    import copy
+
+    import numpy as np
+
+    from grace_trl.encoder import GRACEEncoder
+    from grace_trl.evaluation.mteb_wrapper import GRACEMTEBEncoder
+
+    encoder = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu")
+    before = copy.deepcopy(encoder.settings)
+    texts = ["A man is playing a guitar.", "Cats sleep a lot."]
+    wrapped = GRACEMTEBEncoder(encoder, use_rationale=False, system_prompt="Summarise the text in one line.",
+                               show_progress_bar=False)
+    got = wrapped.encode([{"text": texts}], task_metadata=None, hf_split="test", hf_subset="default")
+    assert encoder.settings == before
+    want = encoder.encode(texts, use_rationale=False, system_prompt="Summarise the text in one line.",
+                          show_progress_bar=False)
+    own = encoder.encode(texts, use_rationale=False, show_progress_bar=False)
+    assert np.allclose(got, want) and not np.allclose(got, own)
+
+
+def test_no_module_writes_into_an_encoders_settings():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "grace_trl"
+    writes = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)
+                        and target.value.attr == "settings"):
+                    writes.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not writes, f"settings overridden by assignment instead of encode(system_prompt=...): {writes}"

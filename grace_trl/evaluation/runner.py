@@ -161,15 +161,18 @@ def run_evaluation(args) -> dict:
                                                                 cache_dir=cache_dir)
             encoder = loaded[run.path]
             experiment = {"limit": args.limit} if args.limit else {}
+            prompt_kwargs = {}
             if override_prompt:
-                encoder.settings.system_prompt = system_prompt  # part of the cache key via the prompt ids
+                # passed to encode(), never written into encoder.settings; part of the cache key via the prompt ids
+                prompt_kwargs["system_prompt"] = system_prompt
                 # keeps mteb's result folders apart from runs with the checkpoint's prompt
                 experiment["system_prompt"] = hashlib.sha256((system_prompt or "").encode()).hexdigest()[:10]
             evaluated = GRACEMTEBEncoder(encoder, use_rationale=run.use_rationale, max_new_tokens=args.max_new_tokens,
-                                         name=run.path, experiment_kwargs=experiment)
+                                         name=run.path, experiment_kwargs=experiment, **prompt_kwargs)
+            used_prompt = system_prompt if override_prompt else encoder.settings.system_prompt
             run.settings.update({"rationale": run.use_rationale, "pooling": encoder.settings.pooling,
                                  "system_prompt": ("override" if override_prompt else "checkpoint")
-                                 if encoder.settings.system_prompt else None})
+                                 if used_prompt else None})
             if run.use_rationale:
                 run.settings["max_new_tokens"] = evaluated.max_new_tokens
         result = mteb.evaluate(evaluated, task_objs, cache=result_cache, overwrite_strategy="always",
@@ -181,7 +184,7 @@ def run_evaluation(args) -> dict:
             info["scores"][run.label] = float(tr.get_score())
         models_info.append({"label": run.label, "path": run.path, "kind": run.kind, "settings": run.settings})
         if run.kind == "grace" and run.use_rationale and args.samples > 0 and "STSBenchmark" in task_names:
-            samples[run.label] = sts_samples(loaded[run.path], args, evaluated.max_new_tokens)
+            samples[run.label] = sts_samples(loaded[run.path], args, evaluated.max_new_tokens, **prompt_kwargs)
         if args.generation_check and run.path not in checked_paths:
             checked_paths.add(run.path)
             generation[run.base_label or run.label] = _generation_check(run, loaded.get(run.path), args)
@@ -201,8 +204,10 @@ def run_evaluation(args) -> dict:
     return results
 
 
-def sts_samples(encoder, args, max_new_tokens: int) -> list[dict]:
-    """A few STS pairs with both rationales and their cosine (rationales come from the cache)."""
+def sts_samples(encoder, args, max_new_tokens: int, **prompt_kwargs) -> list[dict]:
+    """A few STS pairs with both rationales and their cosine (rationales come from the cache).
+
+    ``prompt_kwargs`` (``system_prompt``) go to ``encode``, as for the scored embeddings."""
     import numpy as np
 
     task = get_local_task("STSBenchmark", data_dir=args.data_dir, limit=args.limit, seed=args.seed)
@@ -210,7 +215,7 @@ def sts_samples(encoder, args, max_new_tokens: int) -> list[dict]:
     rows = task.dataset["test"].select(range(min(args.samples, len(task.dataset["test"]))))
     texts = list(rows["sentence1"]) + list(rows["sentence2"])
     vecs, rats = encoder.encode(texts, batch_size=args.batch_size, max_new_tokens=max_new_tokens,
-                                return_rationales=True, show_progress_bar=False)
+                                return_rationales=True, show_progress_bar=False, **prompt_kwargs)
     n = len(rows)
     cos = np.sum(vecs[:n] * vecs[n:], axis=1)
     return [{"text1": rows["sentence1"][i], "text2": rows["sentence2"][i], "gold": float(rows["score"][i]),
