@@ -85,7 +85,10 @@ def prepare_hub_folder(checkpoint_dir: str, output_dir: str, repo_id: str = "gra
     from transformers import AutoTokenizer
 
     from .export import adapter_base_model, export_checkpoint, is_adapter_checkpoint
+    from .st_module import check_sentence_transformers_pooling
 
+    # the folder ships a sentence-transformers module: refuse a pooling it would silently change, before any work
+    check_sentence_transformers_pooling(GRACESettings.load(checkpoint_dir) or GRACESettings())
     if is_adapter_checkpoint(checkpoint_dir):
         base_model = base_model or adapter_base_model(checkpoint_dir)
     table = _load_results(results)  # validate before doing any work

@@ -607,11 +607,15 @@ class GRACETrainer(GRPOTrainer):
         """
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            from .st_module import write_sentence_transformers_files
+            from .st_module import SENTENCE_TRANSFORMERS_POOLING, write_sentence_transformers_files
 
             settings = self.args.grace_settings()
             settings.save(output_dir or self.args.output_dir)
-            write_sentence_transformers_files(output_dir or self.args.output_dir, settings)
+            if settings.pooling in SENTENCE_TRANSFORMERS_POOLING:
+                write_sentence_transformers_files(output_dir or self.args.output_dir, settings)
+            else:
+                logger.info("pooling=%r has no sentence-transformers equivalent; the checkpoint is for GRACEEncoder "
+                            "only", settings.pooling)
 
 
 __all__ = ["GRACETrainer", "GRACEReward"]
