@@ -76,9 +76,9 @@ FIELDS = ["name", "recipe", "overrides", "minutes_budget", "train_minutes", "ste
 def dev_scores(model_path: str, system_prompt: str | None, max_new_tokens: int, limit: int, cache: bool) -> dict:
     from dataclasses import replace
 
+    from grace_trl.aliases import resolve_model_name
     from grace_trl.encoder import GRACEEncoder
     from grace_trl.evaluation.evaluators import STSEvaluator
-    from grace_trl.models import resolve_model_name
     from grace_trl.settings import GRACESettings
 
     settings = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .models import resolve_model_name
+from .aliases import resolve_model_name
 
 logger = logging.getLogger(__name__)
 

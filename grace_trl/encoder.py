@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .aliases import resolve_model_name
 from .cache import CachedRationale, RationaleCache, make_key, model_fingerprint
 from .generation import BACKENDS, HFRationaleGenerator, RationaleGenerator, eos_token_ids, split_at_eos
-from .models import resolve_model_name
 from .pooling import POOLING_METHODS, embed_token_sequences, pool_span
 from .prompts import PromptEncoder
 from .settings import GRACESettings

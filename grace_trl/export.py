@@ -75,7 +75,7 @@ def merge_adapter(checkpoint: str, output: str, base_model: str | None = None, d
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import resolve_model_name
+    from .aliases import resolve_model_name
 
     base = base_model or adapter_base_model(checkpoint)
     if not base:

@@ -103,7 +103,7 @@ def prepare_hub_folder(checkpoint_dir: str, output_dir: str, repo_id: str = "gra
         tokenizer.pad_token = tokenizer.eos_token
         tokenizer.save_pretrained(output_dir)
     write_sentence_transformers_files(output_dir, settings, max_seq_length)
-    from .models import hub_base_model
+    from .aliases import hub_base_model
 
     # an alias names its Hub original; a local path means nothing on the Hub
     base_model, license_ = hub_base_model(base_model or _card_base_model(checkpoint_dir))

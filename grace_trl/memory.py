@@ -181,7 +181,7 @@ def load_model_config(name_or_path: str) -> tuple[dict[str, Any], str]:
     Returns the dict and where it came from. Offline (``HF_HUB_OFFLINE=1``) the Hub lookup only
     reads the local cache; a model in none of these places is an error naming them all.
     """
-    from .models import MODEL_ALIASES, resolve_model_name
+    from .aliases import MODEL_ALIASES, resolve_model_name
 
     if name_or_path in MODEL_ALIASES:
         name_or_path = resolve_model_name(name_or_path)

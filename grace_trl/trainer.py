@@ -25,6 +25,7 @@ from transformers.trainer_utils import IntervalStrategy
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
+from .aliases import resolve_model_name
 from .checks import (
     StepHealth,
     check_fresh_output_dir,
@@ -40,7 +41,6 @@ from .config import GRACEConfig
 from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
 from .generation import eos_token_ids, generate_left_padded, pad_token_id
 from .model_card import PAPER
-from .models import resolve_model_name
 from .pooling import embed_token_sequences, get_backbone, masked_mean, pool_span
 from .prompts import PromptEncoder
 from .rewards import GRACEReward, RolloutEmbeddings, build_reward_funcs
@@ -135,7 +135,7 @@ class GRACETrainer(GRPOTrainer):
                                  eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         finally:
             args.eval_strategy = eval_strategy
-        from .reporting import TimeBudgetCallback, TrainingCurvesCallback
+        from .callbacks import TimeBudgetCallback, TrainingCurvesCallback
 
         self.add_callback(TrainingCurvesCallback())
         if args.max_train_minutes:
@@ -580,8 +580,8 @@ class GRACETrainer(GRPOTrainer):
             return
         from trl.trainer.utils import get_comet_experiment_url, get_config_model_id, get_trackio_space_url
 
+        from .aliases import hub_base_model
         from .model_card import build_model_card
-        from .models import hub_base_model
 
         base_model, license_ = hub_base_model(get_config_model_id(self.model.config))
         tags = [tags] if isinstance(tags, str) else list(tags or [])

@@ -16,7 +16,7 @@ from grace_trl.settings import SETTINGS_FILE, GRACESettings
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from grace_trl.models import resolve_model_name
+    from grace_trl.aliases import resolve_model_name
 
     return AutoTokenizer.from_pretrained(resolve_model_name("smollm2-135m"))
 

@@ -80,3 +80,12 @@ def test_entry_points_live_in_commands_only():
             if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
                 offenders.append(f"{rel} runs as a script")
     assert not offenders, offenders
+
+
+def test_module_names_say_what_they_hold():
+    import importlib.util
+
+    assert importlib.util.find_spec("grace_trl.aliases") and importlib.util.find_spec("grace_trl.callbacks")
+    # the old names misled: models.py held aliases, reporting.py training-curve callbacks
+    assert importlib.util.find_spec("grace_trl.models") is None
+    assert importlib.util.find_spec("grace_trl.reporting") is None

@@ -95,7 +95,7 @@ def prepare(args: argparse.Namespace) -> dict:
     if args.max_prompt_tokens is not None:
         from transformers import AutoTokenizer
 
-        from ..models import resolve_model_name
+        from ..aliases import resolve_model_name
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(args.tokenizer))
         rows, dropped, longest = length_filter(rows, args.mode, tokenizer, args.max_prompt_tokens, system_prompt,

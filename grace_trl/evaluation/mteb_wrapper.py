@@ -17,8 +17,8 @@ import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
+from ..aliases import MODEL_ALIASES
 from ..encoder import _UNSET, GRACEEncoder
-from ..models import MODEL_ALIASES
 
 
 def _mteb_name(label: str) -> str:
@@ -156,7 +156,7 @@ def grace_model_meta(name_or_path: str, *, use_rationale: bool = True, max_new_t
     under ``name`` (default: the Hub id, or ``grace-trl/<folder name>``) and ``revision`` (default: a content
     hash for a local folder; the given Hub revision, else none, for a Hub id).
     """
-    from ..models import resolve_model_name
+    from ..aliases import resolve_model_name
     from ..settings import GRACESettings
 
     local = name_or_path in MODEL_ALIASES or os.path.isdir(os.path.expanduser(name_or_path))
