@@ -77,15 +77,22 @@ FIELDS = ["name", "recipe", "overrides", "minutes_budget", "train_minutes", "ste
 
 
 def dev_scores(model_path: str, system_prompt: str | None, max_new_tokens: int, limit: int, cache: bool) -> dict:
+    from dataclasses import replace
+
+    from grace_trl.aliases import resolve_model_name
     from grace_trl.encoder import GRACEEncoder
     from grace_trl.evaluation.evaluators import STSEvaluator
+    from grace_trl.settings import GRACESettings
 
-    encoder = GRACEEncoder.from_pretrained(model_path, device="cpu", cache_dir=str(CACHE) if cache else None)
+    settings = None
+    if system_prompt is not None:  # the checkpoint's settings with another prompt; the encoder is built with them
+        settings = replace(GRACESettings.load(resolve_model_name(model_path)) or GRACESettings(),
+                           system_prompt=system_prompt)
+    encoder = GRACEEncoder.from_pretrained(model_path, device="cpu", cache_dir=str(CACHE) if cache else None,
+                                           settings=settings)
     evaluator = STSEvaluator.from_sts_benchmark(None, split="dev", limit=limit, seed=0, without_rationale=True,
                                                 max_new_tokens=max_new_tokens, batch_size=64,
                                                 show_progress_bar=True)
-    if system_prompt is not None:
-        encoder.settings.system_prompt = system_prompt
     return evaluator(encoder)
 
 

@@ -5,7 +5,9 @@ with ``MultipleNegativesRankingLoss`` on (anchor, positive, hard negative) tripl
 negatives plus the hard negative, the standard contrastive recipe. The training data goes
 through :func:`grace_trl.data.load_grace_dataset`, so GRACE and CL read exactly the same rows.
 
-    python -m grace_trl.baselines --config recipes/smollm2-135m/cl_cpu.yaml [--key value ...]
+    grace-trl train-cl --config recipes/smollm2-135m/cl_cpu.yaml [--key value ...]
+
+(the command is :mod:`grace_trl.commands.train_cl`).
 
 The saved folder is a sentence-transformers model; ``grace-trl eval --model cl=DIR`` evaluates it
 next to GRACE checkpoints.
@@ -14,10 +16,9 @@ next to GRACE checkpoints.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
-from .models import resolve_model_name
+from .aliases import resolve_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -94,31 +95,3 @@ def train_cl(config: CLConfig):
     model.save(config.output_dir)
     logger.info("saved the CL baseline to %s", config.output_dir)
     return model
-
-
-def _parse(argv: list[str] | None) -> CLConfig:
-    """CLConfig from ``--config recipe.yaml`` plus flag overrides (TrlParser, as ``grace-trl train``)."""
-    from trl import TrlParser
-
-    from .cli_args import UsageError, check_recipe, config_path
-
-    parser = TrlParser((CLConfig,), prog="grace-trl train-cl", allow_abbrev=False,
-                       description="Train the contrastive (CL) baseline.")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if config_path(argv):
-        check_recipe(config_path(argv), parser)
-    try:
-        (config,) = parser.parse_args_and_config(args=argv)
-    except ValueError as err:
-        raise UsageError(" ".join(str(err).split())) from err
-    return config
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train_cl(_parse(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

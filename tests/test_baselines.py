@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grace_trl.baselines import CLConfig, _parse, build_cl_model, load_triples, train_cl
+from grace_trl.baselines import CLConfig, build_cl_model, load_triples, train_cl
 from grace_trl.cli_args import UsageError
+from grace_trl.commands.train_cl import parse_args as _parse
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m" / "cl_cpu.yaml"
 
@@ -52,7 +53,7 @@ def test_cl_training_changes_embeddings_and_saves(tiny_model_path, tmp_path):
     assert e1.shape == e0.shape == (2, 64)
     assert not np.allclose(e0, e1, atol=1e-4)  # the optimiser moved the weights
 
-    from grace_trl.evaluation.cli import plan_runs
+    from grace_trl.evaluation.runner import plan_runs
 
     runs = plan_runs([f"cl={out}"], no_rationale=False, both=True)
     assert len(runs) == 1 and runs[0].kind == "sentence-transformers" and runs[0].use_rationale is False
