@@ -28,8 +28,8 @@ PRECISIONS = ("fp32", "bf16-autocast", "bf16-weights")
 def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from grace_trl.aliases import resolve_model_name
     from grace_trl.data import load_grace_dataset
-    from grace_trl.models import resolve_model_name
     from grace_trl.prompts import DEFAULT_SYSTEM_PROMPT
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -79,8 +79,8 @@ def paired(a: np.ndarray, b: np.ndarray, scale: float, resamples: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from grace_trl.config import GRACESettings
     from grace_trl.evaluation.tasks import load_banking77, load_scifact, reduce_retrieval
+    from grace_trl.settings import GRACESettings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grace", required=True)
