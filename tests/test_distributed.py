@@ -96,7 +96,8 @@ def _assert_ranks_match_a_single_process_replay(train_argv_for, records: Path, w
         assert rewards.std() > 1e-3, "rewards all equal: the comparison could not tell rollouts apart"
         for rec in recs:
             where = f"step {step}, rank {rec['rank']}"
-            torch.testing.assert_close(torch.tensor(rec["rewards"]), rewards, atol=1e-4, rtol=1e-4, msg=where)
+            torch.testing.assert_close(torch.tensor(rec["rewards"]), rewards, atol=1e-4, rtol=1e-4,
+                                       msg=lambda m, where=where: f"{where}: {m}")
             assert set(rec["logged"]) == set(logged), where
             for name, value in logged.items():
                 assert rec["logged"][name] == pytest.approx(value, abs=1e-5), f"{where}: {name}"
