@@ -26,6 +26,17 @@ def test_recipe_parses_and_flags_override():
     assert cfg.max_steps == 3 and cfg.output_dir == "/tmp/x" and cfg.use_cpu is True
 
 
+def test_every_sentence_transformers_training_argument_is_accepted():
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    cfg = _parse(["--config", str(RECIPE), "--lr_scheduler_type", "cosine", "--gradient_accumulation_steps", "2",
+                  "--batch_sampler", "batch_sampler"])
+    assert isinstance(cfg, SentenceTransformerTrainingArguments)
+    assert cfg.lr_scheduler_type == "cosine" and cfg.gradient_accumulation_steps == 2
+    assert cfg.batch_sampler == "batch_sampler"
+    assert _parse(["--config", str(RECIPE)]).batch_sampler == "no_duplicates"  # the baseline's default
+
+
 def test_bad_recipe_key_is_reported(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: x\nlearning_rat: 1e-5\n")
