@@ -16,6 +16,7 @@ import argparse
 import gc
 import hashlib
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -223,13 +224,21 @@ def run_evaluation(args) -> dict:
                                  if encoder.settings.system_prompt else None})
             if run.use_rationale:
                 run.settings["max_new_tokens"] = evaluated.max_new_tokens
+        predictions = out / "predictions" / hashlib.sha256(run.label.encode()).hexdigest()[:12]
         result = mteb.evaluate(evaluated, task_objs, cache=result_cache, overwrite_strategy="always",
-                               encode_kwargs=dict(encode_kwargs))
+                               encode_kwargs=dict(encode_kwargs), prediction_folder=predictions)
         for task, tr in zip(task_objs, result.task_results):
             info = tasks_info.setdefault(tr.task_name, {
                 "name": tr.task_name, "type": task.metadata.type, "main_score": task.metadata.main_score,
-                "reduced": task.reduced, "reduction": task.reduction, "scores": {}})
+                "reduced": getattr(task, "reduced", False), "reduction": getattr(task, "reduction", {}),
+                "scores": {}, "n": None, "unit": None, "intervals": {}})
             info["scores"][run.label] = float(tr.get_score())
+            interval = score_interval(task, predictions / task.prediction_file_name, seed=args.seed)
+            if interval is not None:
+                info.update(n=interval.n, unit=interval.unit)
+                info["intervals"][run.label] = {
+                    key: (None if math.isnan(v) else v) for key, v in
+                    (("score", interval.score), ("low", interval.low), ("high", interval.high))}
         models_info.append({"label": run.label, "path": run.path, "kind": run.kind, "settings": run.settings})
         if run.kind == "grace" and run.use_rationale and args.samples > 0 and "STSBenchmark" in task_names:
             samples[run.label] = sts_samples(loaded[run.path], args, evaluated.max_new_tokens)
@@ -250,6 +259,48 @@ def run_evaluation(args) -> dict:
         "mteb_results_dir": str(out / "mteb" / "results"),
     }
     return results
+
+
+def score_interval(task, prediction_file: Path, n_resamples: int = 2000, seed: int = 42):
+    """n and a 95% bootstrap interval of the task's main score, from the predictions mteb saved.
+
+    STS: Spearman over resampled pairs; retrieval: mean nDCG@k over resampled queries (per query by mteb's
+    own scorer); classification: accuracy over resampled test examples, averaged over mteb's experiments (the
+    classifiers' training samples stay fixed). Returns None for other tasks, other main scores, and tasks
+    with several subsets or splits, whose main score is an average over them.
+    """
+    import json
+
+    from .stats import mean_interval, spearman_interval
+
+    predictions = json.loads(prediction_file.read_text(encoding="utf-8"))
+    parts = [(subset, split) for subset, splits in predictions.items() if subset != "mteb_model_meta"
+             for split in splits]
+    if len(parts) != 1:
+        return None
+    subset, split = parts[0]
+    pred = predictions[subset][split]
+    if not task.data_loaded:
+        task.load_data()
+    data = task.dataset[split] if subset == "default" and subset not in task.dataset else task.dataset[subset][split]
+    kind, main = task.metadata.type, task.metadata.main_score
+    if kind == "STS" and main == "cosine_spearman":
+        return spearman_interval(pred["cosine_scores"], data["score"], n_resamples=n_resamples, seed=seed)
+    if kind == "Retrieval" and main.startswith("ndcg_at_"):
+        from mteb._evaluators.retrieval_metrics import calculate_retrieval_scores
+
+        k = int(main.removeprefix("ndcg_at_"))
+        per_query = calculate_retrieval_scores(pred, data["relevant_docs"], [k]).all_scores
+        return mean_interval([q[f"ndcg_cut_{k}"] for q in per_query.values()], "queries", n_resamples, seed)
+    if kind == "Classification" and main == "accuracy" and isinstance(pred, list) and pred:
+        import numpy as np
+
+        gold = np.asarray(data[task.label_column_name])
+        if any(len(p) != len(gold) for p in pred):  # cross-validated folds: not one prediction per test example
+            return None
+        correct = np.mean([np.asarray(p) == gold for p in pred], axis=0)  # per example, over experiments
+        return mean_interval(correct, "examples", n_resamples, seed)
+    return None
 
 
 def sts_samples(encoder, args, max_new_tokens: int) -> list[dict]:
