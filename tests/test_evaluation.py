@@ -74,18 +74,21 @@ def test_bad_rows_name_the_line(tmp_path):
         load_banking77(tmp_path)
 
 
-def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, tmp_path):
+def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, tmp_path, caplog):
+    import logging
+
     import mteb
     from mteb.results import TaskResult
 
     from grace_trl.evaluation.cli import main
 
     out = tmp_path / "eval"
-    rc = main(["--model", f"tiny={tiny_model_path}", "--with-and-without-rationale", "--tasks",
-               "STSBenchmark,SciFact,Banking77", "--limit", "6", "--scifact-distractors", "6",
-               "--samples-per-label", "1",
-               "--max-new-tokens", "2", "--batch-size", "32", "--samples", "2", "--data-dir", str(shared_data),
-               "--output-dir", str(out)])
+    args = ["--model", f"tiny={tiny_model_path}", "--with-and-without-rationale", "--tasks",
+            "STSBenchmark,SciFact,Banking77", "--limit", "6", "--scifact-distractors", "6",
+            "--samples-per-label", "1",
+            "--max-new-tokens", "2", "--batch-size", "32", "--samples", "2", "--data-dir", str(shared_data),
+            "--output-dir", str(out)]
+    rc = main(args)
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert [m["label"] for m in results["models"]] == ["tiny (no rationale)", "tiny (rationale)"]
@@ -121,6 +124,14 @@ def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, t
     page = (out / "report.html").read_text()
     assert "n = 6 pairs" in page and "n = 6 queries" in page and "n = 6 examples" in page
     assert "95% interval" in page
+    # a repeated evaluation reads mteb's embedding cache instead of encoding again
+    assert sorted(p.name for p in (out / "embedding_cache").rglob("*.npy"))
+    before = json.loads((out / "results.json").read_text())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mteb"):
+        assert main(args) == 0
+    assert "All items found in cache" in caplog.text and "new items" not in caplog.text
+    assert json.loads((out / "results.json").read_text())["tasks"] == before["tasks"]
 
 
 def test_eval_cli_rejects_bad_arguments(capsys):

@@ -6,7 +6,9 @@ Example (the paper's comparison on a CPU-sized reduced run)::
         --with-and-without-rationale --tasks STSBenchmark,SciFact,Banking77 --limit 200 \
         --max-new-tokens 64 --output-dir eval_out
 
-Writes mteb result files (``OUT/mteb/results/<model>/<revision>/experiments/<settings>/<Task>.json``),
+Embeddings are cached with mteb's ``CachedEmbeddingWrapper`` (``OUT/embedding_cache``), rationales in
+``OUT/rationale_cache``. Writes mteb result files
+(``OUT/mteb/results/<model>/<revision>/experiments/<settings>/<Task>.json``),
 ``results.json``, ``results.md`` and (unless ``--no-html``) ``report.html`` with ``scores.png``.
 """
 
@@ -138,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="Folder holding STSBenchmark/, SciFact/, Banking77Classification/.")
     p.add_argument("--cache-dir", default=None, help="Rationale cache (default OUTPUT_DIR/rationale_cache).")
+    p.add_argument("--embedding-cache-dir", default=None,
+                   help="mteb's embedding cache for the causal LMs (default OUTPUT_DIR/embedding_cache): a repeated "
+                        "evaluation with the same weights and settings reads the vectors instead of encoding.")
+    p.add_argument("--no-embedding-cache", action="store_true", help="Encode every text again.")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
     p.add_argument("--threads", type=int, default=None,
@@ -177,7 +183,7 @@ def run_evaluation(args) -> dict:
     import mteb
 
     from ..encoder import GRACEEncoder
-    from .mteb_wrapper import GRACEMTEBEncoder
+    from .mteb_wrapper import GRACEMTEBEncoder, with_embedding_cache
 
     if args.threads:
         import torch
@@ -189,6 +195,7 @@ def run_evaluation(args) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = args.cache_dir or str(out / "rationale_cache")
+    embedding_cache_dir = args.embedding_cache_dir or str(out / "embedding_cache")
     result_cache = mteb.ResultCache(out / "mteb")
     encode_kwargs = {"batch_size": args.batch_size, "show_progress_bar": True}
 
@@ -217,13 +224,16 @@ def run_evaluation(args) -> dict:
                 encoder.settings.system_prompt = system_prompt  # part of the cache key via the prompt ids
                 # keeps mteb's result folders apart from runs with the checkpoint's prompt
                 experiment["system_prompt"] = hashlib.sha256((system_prompt or "").encode()).hexdigest()[:10]
-            evaluated = GRACEMTEBEncoder(encoder, use_rationale=run.use_rationale, max_new_tokens=args.max_new_tokens,
-                                         name=run.path, experiment_kwargs=experiment)
+            grace_model = GRACEMTEBEncoder(encoder, use_rationale=run.use_rationale,
+                                           max_new_tokens=args.max_new_tokens, name=run.path,
+                                           experiment_kwargs=experiment)
+            evaluated = grace_model if args.no_embedding_cache else with_embedding_cache(grace_model,
+                                                                                          embedding_cache_dir)
             run.settings.update({"rationale": run.use_rationale, "pooling": encoder.settings.pooling,
                                  "system_prompt": ("override" if override_prompt else "checkpoint")
                                  if encoder.settings.system_prompt else None})
             if run.use_rationale:
-                run.settings["max_new_tokens"] = evaluated.max_new_tokens
+                run.settings["max_new_tokens"] = grace_model.max_new_tokens
         predictions = out / "predictions" / hashlib.sha256(run.label.encode()).hexdigest()[:12]
         result = mteb.evaluate(evaluated, task_objs, cache=result_cache, overwrite_strategy="always",
                                encode_kwargs=dict(encode_kwargs), prediction_folder=predictions)
@@ -241,7 +251,7 @@ def run_evaluation(args) -> dict:
                     (("score", interval.score), ("low", interval.low), ("high", interval.high))}
         models_info.append({"label": run.label, "path": run.path, "kind": run.kind, "settings": run.settings})
         if run.kind == "grace" and run.use_rationale and args.samples > 0 and "STSBenchmark" in task_names:
-            samples[run.label] = sts_samples(loaded[run.path], args, evaluated.max_new_tokens)
+            samples[run.label] = sts_samples(loaded[run.path], args, grace_model.max_new_tokens)
         if args.generation_check and run.path not in checked_paths:
             checked_paths.add(run.path)
             generation[run.base_label or run.label] = _generation_check(run, loaded.get(run.path), args)
