@@ -41,8 +41,8 @@ def _run(variant: str, args: dict, queue) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from grace_trl import GRACEConfig
+    from grace_trl.aliases import resolve_model_name
     from grace_trl.data import add_prompts, load_grace_dataset
-    from grace_trl.models import resolve_model_name
     from grace_trl.trainer import GRACETrainer
 
     torch.manual_seed(0)

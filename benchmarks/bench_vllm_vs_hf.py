@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from grace_trl.models import resolve_model_name  # noqa: E402
+from grace_trl.aliases import resolve_model_name  # noqa: E402
 from grace_trl.prompts import PromptEncoder  # noqa: E402
 
 SENTENCES = Path(__file__).resolve().parents[1] / "grace_trl" / "data" / "sentences_sample.txt"

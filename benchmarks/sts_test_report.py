@@ -35,8 +35,8 @@ def embed(path: str, sentences: list[str], use_rationale: bool, system_prompt, m
 
 
 def main(argv=None) -> int:
-    from grace_trl.config import GRACESettings
     from grace_trl.evaluation.tasks import load_sts_benchmark
+    from grace_trl.settings import GRACESettings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grace", required=True)

@@ -17,16 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 from grace_trl.encoder import GRACEEncoder
-from grace_trl.evaluation.cli import resolve_system_prompt
+from grace_trl.evaluation.runner import resolve_system_prompt
 from grace_trl.evaluation.stats import paired_spearman_difference
 from grace_trl.evaluation.tasks import get_local_task
 
 
 def pair_cosines(path, s1, s2, args, override):
     enc = GRACEEncoder.from_pretrained(path, cache_dir=args.cache_dir)
-    if override[0]:
-        enc.settings.system_prompt = override[1]
-    vecs = enc.encode(s1 + s2, max_new_tokens=args.max_new_tokens, use_rationale=not args.no_rationale)
+    prompt = {"system_prompt": override[1]} if override[0] else {}  # the checkpoint's settings stay untouched
+    vecs = enc.encode(s1 + s2, max_new_tokens=args.max_new_tokens, use_rationale=not args.no_rationale, **prompt)
     return np.sum(vecs[: len(s1)] * vecs[len(s1):], axis=1)
 
 

@@ -9,13 +9,21 @@ import os as _os
 # process). Takes effect only if torch is not imported yet; an explicit user setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .config import GRACEConfig, GRACESettings  # noqa: E402
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_messages  # noqa: E402
 
-__all__ = ["GRACEConfig", "GRACESettings", "DEFAULT_SYSTEM_PROMPT", "build_messages", "__version__"]
+__all__ = ["GRACEConfig", "GRACETrainer", "GRACEEncoder", "GRACESettings", "DEFAULT_SYSTEM_PROMPT", "build_messages",
+           "__version__"]
 
 
-def __getattr__(name):  # heavy modules load on first use
+def __getattr__(name):  # heavy modules load on first use; embedding never needs TRL, so it is not imported here
+    if name == "GRACESettings":
+        from .settings import GRACESettings
+
+        return GRACESettings
+    if name == "GRACEConfig":
+        from .config import GRACEConfig
+
+        return GRACEConfig
     if name == "GRACETrainer":
         from .trainer import GRACETrainer
 

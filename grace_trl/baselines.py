@@ -5,7 +5,9 @@ with ``MultipleNegativesRankingLoss`` on (anchor, positive, hard negative) tripl
 negatives plus the hard negative, the standard contrastive recipe. The training data goes
 through :func:`grace_trl.data.load_grace_dataset`, so GRACE and CL read exactly the same rows.
 
-    python -m grace_trl.baselines --config recipes/smollm2-135m/cl_cpu.yaml [--key value ...]
+    grace-trl train-cl --config recipes/smollm2-135m/cl_cpu.yaml [--key value ...]
+
+(the command is :mod:`grace_trl.commands.train_cl`).
 
 The saved folder is a sentence-transformers model; ``grace-trl eval --model cl=DIR`` evaluates it
 next to GRACE checkpoints.
@@ -14,31 +16,40 @@ next to GRACE checkpoints.
 from __future__ import annotations
 
 import logging
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .models import resolve_model_name
+from .aliases import resolve_model_name
 
 logger = logging.getLogger(__name__)
 
 
+def _training_arguments_base():
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    return SentenceTransformerTrainingArguments
+
+
 @dataclass
-class CLConfig:
-    model_name_or_path: str = "smollm2-135m"
-    dataset_name: str = "sample-nli"  # a grace_trl sample name, a local csv/jsonl/parquet, or a Hub dataset
-    column_mapping: str | None = None
-    max_samples: int | None = None
-    output_dir: str = "outputs/smollm2-135m-cl"
-    max_seq_length: int = 128
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 16
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    scale: float = 20.0  # MNRL's inverse temperature (1 / 0.05)
-    seed: int = 42
-    use_cpu: bool = False
-    logging_steps: int = 10
+class CLConfig(_training_arguments_base()):
+    """sentence-transformers' training arguments plus what the baseline needs to build model and data.
+
+    Every ``SentenceTransformerTrainingArguments`` field is accepted (in YAML and as a flag), as
+    ``GRACEConfig`` accepts every ``GRPOConfig`` field; only the defaults below differ.
+    """
+
+    model_name_or_path: str = field(default="smollm2-135m", metadata={"help": "Model alias, local folder or Hub id."})
+    dataset_name: str = field(default="sample-nli", metadata={
+        "help": "A grace_trl sample name, a local csv/jsonl/parquet file, or a Hub dataset."})
+    column_mapping: str | None = field(default=None, metadata={"help": "e.g. 'query=sent0,positive=sent1'."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N triples."})
+    max_seq_length: int = field(default=128, metadata={"help": "Token limit of each text."})
+    scale: float = field(default=20.0, metadata={"help": "MNRL's inverse temperature (1 / 0.05)."})
+    output_dir: str | None = field(default="outputs/smollm2-135m-cl", metadata={"help": "Where the model is saved."})
+    # duplicates in a batch would be false in-batch negatives
+    batch_sampler: str = field(default="no_duplicates", metadata={"help": "sentence-transformers batch sampler."})
+    save_strategy: str = field(default="no", metadata={"help": "The final model is always saved."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Trackers to log to."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
 
 
 def build_cl_model(model_name_or_path: str, max_seq_length: int = 128, device: str | None = None):
@@ -68,57 +79,14 @@ def load_triples(source: str, column_mapping: str | None = None, limit: int | No
 
 def train_cl(config: CLConfig):
     """Train and save the CL baseline; returns the trained SentenceTransformer."""
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     model = build_cl_model(config.model_name_or_path, config.max_seq_length, device="cpu" if config.use_cpu else None)
     train = load_triples(config.dataset_name, config.column_mapping, config.max_samples)
     loss = MultipleNegativesRankingLoss(model, scale=config.scale)
-    args = SentenceTransformerTrainingArguments(
-        output_dir=config.output_dir,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        learning_rate=config.learning_rate,
-        warmup_ratio=config.warmup_ratio,
-        seed=config.seed,
-        use_cpu=config.use_cpu,
-        logging_steps=config.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        batch_sampler=BatchSamplers.NO_DUPLICATES,  # duplicates in a batch would be false in-batch negatives
-    )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss)
+    trainer = SentenceTransformerTrainer(model=model, args=config, train_dataset=train, loss=loss)
     trainer.train()
     model.save(config.output_dir)
     logger.info("saved the CL baseline to %s", config.output_dir)
     return model
-
-
-def _parse(argv: list[str] | None) -> CLConfig:
-    """CLConfig from ``--config recipe.yaml`` plus flag overrides (TrlParser, as ``grace-trl train``)."""
-    from trl import TrlParser
-
-    from .cli_args import UsageError, check_recipe, config_path
-
-    parser = TrlParser((CLConfig,), prog="grace-trl train-cl", allow_abbrev=False,
-                       description="Train the contrastive (CL) baseline.")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if config_path(argv):
-        check_recipe(config_path(argv), parser)
-    try:
-        (config,) = parser.parse_args_and_config(args=argv)
-    except ValueError as err:
-        raise UsageError(" ".join(str(err).split())) from err
-    return config
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train_cl(_parse(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,8 +9,8 @@ import sys
 
 COMMANDS = {
     "train": ("grace_trl.commands.train", "Train with GRACE (TrlParser: --config recipe.yaml plus overrides)."),
-    "eval": ("grace_trl.evaluation.cli", "Evaluate models on STS / retrieval / classification tasks (mteb)."),
-    "train-cl": ("grace_trl.baselines", "Train the contrastive (InfoNCE) baseline with sentence-transformers."),
+    "eval": ("grace_trl.commands.eval", "Evaluate models on STS / retrieval / classification tasks (mteb)."),
+    "train-cl": ("grace_trl.commands.train_cl", "Train the contrastive (InfoNCE) baseline (sentence-transformers)."),
     "explain": ("grace_trl.commands.explain", "Print the rationale and embedding neighbours of texts."),
     "prepare-model": ("grace_trl.commands.prepare_model", "Prepare an embedded model alias into the local cache."),
     "prepare-data": ("grace_trl.commands.prepare_data", "Convert and validate a training dataset."),

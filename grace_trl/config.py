@@ -13,57 +13,25 @@ down-weighted per token as under per-sequence normalisation (``"grpo"``). The re
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from trl import GRPOConfig
 
 from .checks import validate_config_values
-from .files import atomic_write
-from .pooling import POOLING_METHODS
+from .data import DEFAULT_MODE, MODES
+from .generation import DEFAULT_MAX_NEW_TOKENS
+from .pooling import DEFAULT_POOLING, POOLING_METHODS
 from .prompts import DEFAULT_SYSTEM_PROMPT, normalize_system_prompt
-
-SETTINGS_FILE = "grace_config.json"
-MODES = ("supervised", "unsupervised")
-REWARD_VARIANTS = ("paper", "effective")
-
-
-@dataclass
-class GRACESettings:
-    """What an encoder must know to embed exactly as training did. Saved as ``grace_config.json``."""
-
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    instruction: str | None = None
-    pooling: str = "mean"
-    max_new_tokens: int = 256
-    mode: str = "supervised"
-    reward_variant: str = "effective"
-    # extra chat-template variables used in training (e.g. Qwen3's enable_thinking): part of the prompt
-    chat_template_kwargs: dict | None = None
-
-    def save(self, directory: str) -> str:
-        path = os.path.join(directory, SETTINGS_FILE)
-        with atomic_write(path) as f:
-            json.dump(asdict(self), f, indent=2)
-        return path
-
-    @classmethod
-    def load(cls, directory: str) -> "GRACESettings | None":
-        """Settings saved next to a checkpoint, or None for a model never trained with GRACE."""
-        path = os.path.join(directory, SETTINGS_FILE)
-        if not os.path.isfile(path):
-            return None
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON ({err}); delete it or save the settings again") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+from .rewards import (
+    DEFAULT_LAMBDA_CONSISTENCY,
+    DEFAULT_LAMBDA_CROSS,
+    DEFAULT_REWARD_VARIANT,
+    DEFAULT_TAU,
+    DEFAULT_TRUNCATION_PENALTY,
+    REWARD_VARIANTS,
+)
+from .settings import SETTINGS_FILE, GRACESettings  # noqa: F401  (re-exported: grace_trl.config.GRACESettings)
 
 
 @dataclass
@@ -134,18 +102,21 @@ class GRACEConfig(GRPOConfig):
             the old `rationale_samples.jsonl` and `checkpoint-*` folders are removed) or the run resumes.
     """
 
-    mode: str = field(default="supervised", metadata={"help": "'supervised' or 'unsupervised'."})
+    mode: str = field(default=DEFAULT_MODE, metadata={"help": "'supervised' or 'unsupervised'."})
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT,
                                       metadata={"help": "System message; None for none."})
     instruction: str | None = field(default=None, metadata={"help": "Task instruction prepended to each text."})
-    pooling: str = field(default="mean", metadata={"help": "'mean', 'rationale' or 'last'."})
-    lambda_consistency: float = field(default=0.2, metadata={"help": "λ1: intra-group consistency weight."})
-    lambda_cross: float = field(default=0.2, metadata={"help": "λ2: cross-group (in-batch negative) weight."})
-    tau: float = field(default=0.1, metadata={"help": "τ: reward temperature (reward is divided by it)."})
-    truncation_penalty: float = field(default=1.0, metadata={"help": "γ: reward of a truncated rollout is −γ."})
+    pooling: str = field(default=DEFAULT_POOLING, metadata={"help": "'mean', 'rationale' or 'last'."})
+    lambda_consistency: float = field(default=DEFAULT_LAMBDA_CONSISTENCY, metadata={
+        "help": "λ1: intra-group consistency weight."})
+    lambda_cross: float = field(default=DEFAULT_LAMBDA_CROSS, metadata={
+        "help": "λ2: cross-group (in-batch negative) weight."})
+    tau: float = field(default=DEFAULT_TAU, metadata={"help": "τ: reward temperature (reward is divided by it)."})
+    truncation_penalty: float = field(default=DEFAULT_TRUNCATION_PENALTY, metadata={
+        "help": "γ: reward of a truncated rollout is −γ."})
     anchor_temperature: float = field(default=0.5, metadata={"help": "Sampling temperature of anchor rationales."})
     num_negatives: int = field(default=1, metadata={"help": "Hard negatives per supervised row."})
-    reward_variant: str = field(default="effective", metadata={"help": "'paper' or 'effective'."})
+    reward_variant: str = field(default=DEFAULT_REWARD_VARIANT, metadata={"help": "'paper' or 'effective'."})
     embedding_batch_size: int = field(default=16, metadata={"help": "Sequences per pooling forward pass."})
     num_sample_rationales: int = field(default=2, metadata={"help": "Sample rationales logged per logging step."})
     fuse_anchor_generation: bool = field(default=True, metadata={
@@ -166,7 +137,8 @@ class GRACEConfig(GRPOConfig):
     # GRPO defaults changed to the paper's optimisation settings.
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (paper: 1e-6)."})
     num_generations: int | None = field(default=8, metadata={"help": "G: rollouts per positive document."})
-    max_completion_length: int | None = field(default=256, metadata={"help": "Max rationale tokens."})
+    max_completion_length: int | None = field(default=DEFAULT_MAX_NEW_TOKENS, metadata={
+        "help": "Max rationale tokens."})
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature."})
     beta: float = field(default=0.0, metadata={"help": "KL coefficient (GRACE: 0)."})
     epsilon: float = field(default=0.2, metadata={"help": "PPO clip ε."})
@@ -220,7 +192,7 @@ class GRACEConfig(GRPOConfig):
             system_prompt=self.system_prompt,
             instruction=self.instruction,
             pooling=self.pooling,
-            max_new_tokens=int(self.max_completion_length or 256),
+            max_new_tokens=int(self.max_completion_length or DEFAULT_MAX_NEW_TOKENS),
             mode=self.mode,
             reward_variant=self.reward_variant,
             chat_template_kwargs=dict(self.chat_template_kwargs) if self.chat_template_kwargs else None,

@@ -27,6 +27,9 @@ SAMPLE_DATASETS = {
     "sample-nli": SAMPLE_DIR / "nli_sample.csv",
     "sample-sentences": SAMPLE_DIR / "sentences_sample.txt",
 }
+# supervised: (query, positive, negatives) rows; unsupervised: single texts (the mode decides the reward too)
+MODES = ("supervised", "unsupervised")
+DEFAULT_MODE = "supervised"
 SUPERVISED_FIELDS = ("query", "positive", "negatives")
 UNSUPERVISED_FIELDS = ("text",)
 # Column names recognised without a mapping (SimCSE's NLI triples first).
@@ -285,7 +288,7 @@ def normalize_rows(rows: Iterable[Mapping[str, Any]], mode: str, mapping: dict[s
 
 def load_grace_dataset(
     source: str,
-    mode: str = "supervised",
+    mode: str = DEFAULT_MODE,
     column_mapping: str | Mapping[str, Any] | None = None,
     split: str = "train",
     dataset_config: str | None = None,
@@ -293,8 +296,8 @@ def load_grace_dataset(
     limit: int | None = None,
 ) -> Dataset:
     """Load, map and validate a training set into GRACE's canonical columns."""
-    if mode not in ("supervised", "unsupervised"):
-        raise ValueError(f"mode must be 'supervised' or 'unsupervised', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     raw = read_source(source, dataset_config, split)
     if limit is not None:
         raw = raw.select(range(min(limit, len(raw))))

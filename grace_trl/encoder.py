@@ -6,8 +6,9 @@ and the last hidden layer over prompt + rationale is pooled with the trainer's o
 (:func:`grace_trl.pooling.pool_span` and :func:`grace_trl.pooling.embed_token_sequences`).
 Sharing those functions is what makes an encoder vector equal the vector the reward saw.
 
-Generation is behind a small :class:`RationaleGenerator` protocol: the Hugging Face backend here
-is the default; ``backend="vllm"`` plugs in ``grace_trl.vllm_backend.VLLMRationaleGenerator``
+Generation is behind the :class:`~grace_trl.generation.RationaleGenerator` interface: the Hugging Face
+backend (:class:`~grace_trl.generation.HFRationaleGenerator`, the trainer's own left-pad/generate/cut
+function) is the default; ``backend="vllm"`` plugs in ``grace_trl.vllm_backend.VLLMRationaleGenerator``
 for GPU users (pooling still runs the HF model, because vLLM does not expose hidden states).
 """
 
@@ -18,125 +19,22 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .aliases import resolve_model_name
 from .cache import CachedRationale, RationaleCache, make_key, model_fingerprint
-from .config import GRACESettings
-from .generation import ignoring_model_generation_config
-from .models import resolve_model_name
+from .generation import BACKENDS, HFRationaleGenerator, RationaleGenerator, eos_token_ids, split_at_eos
 from .pooling import POOLING_METHODS, embed_token_sequences, pool_span
 from .prompts import PromptEncoder
+from .settings import GRACESettings
 
 logger = logging.getLogger(__name__)
 
 _UNSET = object()  # distinguishes "not given" from an explicit None (= no system prompt)
-
-
-@runtime_checkable
-class RationaleGenerator(Protocol):
-    """Generates completions for already-tokenised prompts.
-
-    Returns, for each prompt, the generated token ids: up to and including the first EOS, or
-    ``max_new_tokens`` ids when no EOS was produced (a truncated rationale). Output order
-    equals input order.
-    """
-
-    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int,
-                 temperature: float = 0.0) -> list[list[int]]:
-        ...
-
-
-def split_at_eos(ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], bool]:
-    """Cut generated ids after the first EOS (kept, as in the trainer); flag no-EOS as truncated."""
-    out = []
-    for t in ids:
-        out.append(int(t))
-        if int(t) in eos_ids:
-            return out, False
-    return out, True
-
-
-def eos_token_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    gen = getattr(model, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif eos is not None:
-        ids.update(int(e) for e in eos)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    if not ids:
-        raise ValueError("neither the model's generation_config nor the tokenizer defines an EOS token")
-    return ids
-
-
-class HFRationaleGenerator:
-    """``model.generate`` over length-sorted, left-padded batches (the default backend)."""
-
-    name = "hf"
-
-    def __init__(self, model, tokenizer, batch_size: int = 16, show_progress_bar: bool = True):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.show_progress_bar = show_progress_bar
-        self.eos_ids = eos_token_ids(model, tokenizer)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
-
-    @torch.no_grad()
-    def generate(self, prompt_ids_list: list[list[int]], max_new_tokens: int,
-                 temperature: float = 0.0) -> list[list[int]]:
-        from transformers import GenerationConfig
-
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        sample = temperature > 0
-        # Plain decoding, as the vLLM backend's explicit sampling parameters: nothing from the checkpoint's
-        # generation_config (repetition penalty, top-k ...) applies.
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=1.0 if sample else None,
-            top_k=0 if sample else None,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=sorted(self.eos_ids),
-        )
-        device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
-        # Longest first: the slowest batch runs while memory is fresh, and padding stays small.
-        order = sorted(range(len(prompt_ids_list)), key=lambda i: -len(prompt_ids_list[i]))
-        out: list[list[int] | None] = [None] * len(prompt_ids_list)
-        batches = [order[b : b + self.batch_size] for b in range(0, len(order), self.batch_size)]
-        try:
-            for idx in tqdm(batches, desc="rationales", unit="batch", disable=not self.show_progress_bar):
-                length = max(len(prompt_ids_list[i]) for i in idx)
-                ids = torch.full((len(idx), length), self.pad_token_id, dtype=torch.long)
-                attn = torch.zeros((len(idx), length), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    seq = prompt_ids_list[i]
-                    ids[r, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-                    attn[r, length - len(seq) :] = 1
-                with ignoring_model_generation_config(self.model):
-                    gen = self.model.generate(
-                        input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config
-                    )
-                for r, i in enumerate(idx):
-                    out[i], _ = split_at_eos(gen[r, length:].tolist(), self.eos_ids)
-        finally:
-            if was_training:
-                self.model.train()
-        return out  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -171,7 +69,7 @@ def _hub_settings(repo_id: str) -> GRACESettings | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    from .config import SETTINGS_FILE
+    from .settings import SETTINGS_FILE
 
     try:
         path = hf_hub_download(repo_id, SETTINGS_FILE)
@@ -194,7 +92,7 @@ def _check_max_new_tokens(value, default: int) -> int:
 
 def _warn_trained_without_settings(path: str) -> None:
     """A folder written by a Trainer but lacking ``grace_config.json`` would embed with defaults that may differ."""
-    from .config import SETTINGS_FILE
+    from .settings import SETTINGS_FILE
 
     if any(os.path.isfile(os.path.join(path, f)) for f in ("trainer_state.json", "training_args.bin")):
         defaults = GRACESettings()
@@ -280,7 +178,7 @@ class GRACEEncoder:
             kwargs = {"gpu_memory_utilization": 0.5, **(backend_kwargs or {})}
             generator = VLLMRationaleGenerator(path, **kwargs)
         else:
-            raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         return cls(model, tokenizer, settings, name_or_path=name_or_path, generator=generator,
                    cache_dir=cache_dir, backend_name=backend)
 

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 
-from .config import SETTINGS_FILE
+from .settings import SETTINGS_FILE
 
 logger = logging.getLogger("grace_trl")
 
@@ -75,7 +75,7 @@ def merge_adapter(checkpoint: str, output: str, base_model: str | None = None, d
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import resolve_model_name
+    from .aliases import resolve_model_name
 
     base = base_model or adapter_base_model(checkpoint)
     if not base:
@@ -128,8 +128,15 @@ def export_checkpoint(checkpoint: str, output: str, mode: str = "merge", base_mo
         summary["files"] = files
     summary["grace_config"] = _copy_settings(checkpoint, output)
     if summary["grace_config"]:
-        from .st_module import write_sentence_transformers_files
+        from .settings import GRACESettings
+        from .st_module import SENTENCE_TRANSFORMERS_POOLING, write_sentence_transformers_files
 
         # SentenceTransformer(output, trust_remote_code=True) embeds as GRACEEncoder(use_rationale=False)
-        write_sentence_transformers_files(output)
+        pooling = GRACESettings.load(output).pooling
+        summary["sentence_transformers"] = pooling in SENTENCE_TRANSFORMERS_POOLING
+        if summary["sentence_transformers"]:
+            write_sentence_transformers_files(output)
+        else:
+            logger.warning("pooling=%r has no sentence-transformers equivalent; %s is for GRACEEncoder only",
+                           pooling, output)
     return summary

@@ -15,7 +15,7 @@ import os
 import tempfile
 from typing import Any, Mapping
 
-from .config import SETTINGS_FILE, GRACESettings
+from .settings import SETTINGS_FILE, GRACESettings
 
 logger = logging.getLogger("grace_trl")
 
@@ -85,7 +85,10 @@ def prepare_hub_folder(checkpoint_dir: str, output_dir: str, repo_id: str = "gra
     from transformers import AutoTokenizer
 
     from .export import adapter_base_model, export_checkpoint, is_adapter_checkpoint
+    from .st_module import check_sentence_transformers_pooling
 
+    # the folder ships a sentence-transformers module: refuse a pooling it would silently change, before any work
+    check_sentence_transformers_pooling(GRACESettings.load(checkpoint_dir) or GRACESettings())
     if is_adapter_checkpoint(checkpoint_dir):
         base_model = base_model or adapter_base_model(checkpoint_dir)
     table = _load_results(results)  # validate before doing any work
@@ -100,7 +103,7 @@ def prepare_hub_folder(checkpoint_dir: str, output_dir: str, repo_id: str = "gra
         tokenizer.pad_token = tokenizer.eos_token
         tokenizer.save_pretrained(output_dir)
     write_sentence_transformers_files(output_dir, settings, max_seq_length)
-    from .models import hub_base_model
+    from .aliases import hub_base_model
 
     # an alias names its Hub original; a local path means nothing on the Hub
     base_model, license_ = hub_base_model(base_model or _card_base_model(checkpoint_dir))

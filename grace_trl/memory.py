@@ -16,6 +16,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from .generation import DEFAULT_MAX_NEW_TOKENS
+
 GIB = 1024**3
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3_offload")
 ACCELERATE_CONFIGS = {
@@ -179,7 +181,7 @@ def load_model_config(name_or_path: str) -> tuple[dict[str, Any], str]:
     Returns the dict and where it came from. Offline (``HF_HUB_OFFLINE=1``) the Hub lookup only
     reads the local cache; a model in none of these places is an error naming them all.
     """
-    from .models import MODEL_ALIASES, resolve_model_name
+    from .aliases import MODEL_ALIASES, resolve_model_name
 
     if name_or_path in MODEL_ALIASES:
         name_or_path = resolve_model_name(name_or_path)
@@ -211,7 +213,7 @@ class TrainingShape:
     gradient_accumulation_steps: int = 1
     steps_per_generation: int | None = None
     num_generations: int = 8
-    max_completion_length: int = 256
+    max_completion_length: int = DEFAULT_MAX_NEW_TOKENS
     prompt_tokens: int = 128
     gradient_checkpointing: bool = True
     use_vllm: bool = False

@@ -12,7 +12,8 @@ import re
 import textwrap
 from typing import Any, Mapping
 
-from .config import GRACESettings
+from .pooling import POOLING_METHODS
+from .settings import GRACESettings
 
 PAPER = {
     "title": "GRACE: Generative Representation Learning via Contrastive Policy Optimization",
@@ -35,7 +36,7 @@ TEMPLATE = """---
 # {{ model_name }}
 
 {% if base_model %}This model is a fine-tuned version of [{{ base_model }}](https://huggingface.co/{{ base_model }}){% else %}This model{% endif %}{% if dataset_name %} on the [{{ dataset_name }}](https://huggingface.co/datasets/{{ dataset_name }}) dataset{% endif %}, trained as a text embedder with **GRACE** ([{{ paper_title }}](https://huggingface.co/papers/{{ paper_id }})) using [grace-trl](https://pypi.org/project/grace-trl/) on top of [TRL](https://github.com/huggingface/trl).
-The model writes a short rationale about a text; the mean of its last-layer hidden states over the text and the rationale, L2-normalised, is the embedding. The weights are an ordinary causal LM, so the same folder also generates rationales with transformers or vLLM.
+The model writes a short rationale about a text; {{ pooling_text }}, L2-normalised, is the embedding. The weights are an ordinary causal LM, so the same folder also generates rationales with transformers or vLLM.
 
 ## How to embed
 
@@ -48,7 +49,7 @@ encoder = GRACEEncoder.from_pretrained("{{ model_id }}")
 vectors, rationales = encoder.encode(["A man is playing a guitar."], return_rationales=True)
 ```
 
-Without rationales (faster, usually less accurate), identical to `GRACEEncoder.encode(..., use_rationale=False)`.
+{% if sentence_transformers %}Without rationales (faster, usually less accurate), identical to `GRACEEncoder.encode(..., use_rationale=False)`.
 The prompt and pooling live in a small sentence-transformers module shipped with `grace-trl`, hence `trust_remote_code=True`:
 
 ```python
@@ -58,7 +59,7 @@ model = SentenceTransformer("{{ model_id }}", trust_remote_code=True)
 embeddings = model.encode(["A man is playing a guitar.", "Someone plays an instrument."])
 print(model.similarity(embeddings, embeddings))
 ```
-
+{% endif %}
 ## GRACE settings (`grace_config.json`)
 
 | setting | value |
@@ -92,6 +93,13 @@ print(model.similarity(embeddings, embeddings))
 ```
 """
 
+# What the embedding is, per pooling method (``settings.pooling``)
+POOLING_TEXT = {
+    "mean": "the mean of its last-layer hidden states over the text and the rationale",
+    "rationale": "the mean of its last-layer hidden states over the rationale's tokens",
+    "last": "its last-layer hidden state at the final token (the end of the rationale)",
+}
+
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
 
 
@@ -122,6 +130,11 @@ def build_model_card(model_id: str, settings: GRACESettings, model_name: str | N
     """A :class:`huggingface_hub.ModelCard`; ``results`` (task → metric → value) become its model-index."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from .st_module import SENTENCE_TRANSFORMERS_POOLING
+
+    if settings.pooling not in POOLING_METHODS:
+        raise ValueError(f"settings.pooling must be one of {POOLING_METHODS}, got {settings.pooling!r}")
+
     name = model_name or model_id.rstrip("/").split("/")[-1]
     eval_results = [EvalResult(task_type="sentence-similarity", dataset_type=task, dataset_name=task,
                                metric_type=metric, metric_value=float(value))
@@ -137,4 +150,6 @@ def build_model_card(model_id: str, settings: GRACESettings, model_name: str | N
         training=[(escape_markdown(k), escape_markdown(v)) for k, v in (training or {}).items()],
         results=[(escape_markdown(t), escape_markdown(m), float(v)) for t, ms in (results or {}).items()
                  for m, v in ms.items()],
+        pooling_text=POOLING_TEXT[settings.pooling],
+        sentence_transformers=settings.pooling in SENTENCE_TRANSFORMERS_POOLING,
         versions=_versions(), wandb_url=wandb_url, trackio_url=trackio_url, comet_url=comet_url)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 PoolingMethod = Literal["mean", "rationale", "last"]
 POOLING_METHODS = ("mean", "rationale", "last")
+DEFAULT_POOLING = "mean"
 
 
 def pool_span(prompt_len: int, content_start: int, completion_len: int, method: str) -> tuple[int, int]:

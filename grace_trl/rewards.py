@@ -30,9 +30,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .data import DEFAULT_MODE
+
 logger = logging.getLogger(__name__)
 
 GRACE_REWARD_NAME = "grace"
+REWARD_VARIANTS = ("paper", "effective")
+# The one source of the reward defaults: GRACEConfig, GRACESettings and GRACEReward read them from here.
+DEFAULT_REWARD_VARIANT = "effective"
+DEFAULT_LAMBDA_CONSISTENCY = 0.2  # λ1 (paper)
+DEFAULT_LAMBDA_CROSS = 0.2  # λ2 (paper)
+DEFAULT_TAU = 0.1  # τ (paper)
+DEFAULT_TRUNCATION_PENALTY = 1.0  # γ (paper)
 
 
 @dataclass
@@ -45,7 +54,7 @@ class RolloutEmbeddings:
     truncated: torch.Tensor  # (N,) bool: hit the length limit without EOS
     completion_lengths: torch.Tensor  # (N,) generated tokens per rollout
     num_generations: int
-    mode: str = "supervised"
+    mode: str = DEFAULT_MODE
     local: slice = field(default_factory=lambda: slice(None))  # this process's rows of ``policy``
 
     @property
@@ -64,16 +73,16 @@ def _mean_over_others(sim: torch.Tensor) -> torch.Tensor:
 
 def grace_reward_components(
     batch: RolloutEmbeddings,
-    mode: str = "supervised",
-    variant: str = "effective",
-    lambda_consistency: float = 0.2,
-    lambda_cross: float = 0.2,
-    tau: float = 0.1,
-    truncation_penalty: float = 1.0,
+    mode: str = DEFAULT_MODE,
+    variant: str = DEFAULT_REWARD_VARIANT,
+    lambda_consistency: float = DEFAULT_LAMBDA_CONSISTENCY,
+    lambda_cross: float = DEFAULT_LAMBDA_CROSS,
+    tau: float = DEFAULT_TAU,
+    truncation_penalty: float = DEFAULT_TRUNCATION_PENALTY,
 ) -> dict[str, torch.Tensor]:
     """Every term of the GRACE reward, per rollout (shape (N,)); ``reward`` is the final value."""
-    if variant not in ("paper", "effective"):
-        raise ValueError(f"reward variant must be 'paper' or 'effective', got {variant!r}")
+    if variant not in REWARD_VARIANTS:
+        raise ValueError(f"reward variant must be one of {REWARD_VARIANTS}, got {variant!r}")
     G, B = batch.num_generations, batch.num_groups
     if batch.policy.shape[0] != B * G:
         raise ValueError(f"{batch.policy.shape[0]} rollouts do not form whole groups of {G}")
@@ -165,8 +174,9 @@ class GRACEReward:
 
     __name__ = GRACE_REWARD_NAME
 
-    def __init__(self, mode: str = "supervised", variant: str = "effective", lambda_consistency: float = 0.2,
-                 lambda_cross: float = 0.2, tau: float = 0.1, truncation_penalty: float = 1.0):
+    def __init__(self, mode: str = DEFAULT_MODE, variant: str = DEFAULT_REWARD_VARIANT,
+                 lambda_consistency: float = DEFAULT_LAMBDA_CONSISTENCY, lambda_cross: float = DEFAULT_LAMBDA_CROSS,
+                 tau: float = DEFAULT_TAU, truncation_penalty: float = DEFAULT_TRUNCATION_PENALTY):
         self.params = dict(mode=mode, variant=variant, lambda_consistency=lambda_consistency,
                            lambda_cross=lambda_cross, tau=tau, truncation_penalty=truncation_penalty)
 

@@ -22,12 +22,24 @@ from typing import Any, Sequence
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
-from .config import SETTINGS_FILE, GRACESettings
 from .pooling import get_backbone, masked_mean, pool_span, span_mask
 from .prompts import PromptEncoder
+from .settings import SETTINGS_FILE, GRACESettings
 
 ST_ROOT_FILES = ("modules.json", "config_sentence_transformers.json")
 MODULE_CONFIG_FILE = "grace_sentence_transformers.json"
+# The poolings a module without a rationale reproduces (GRACEEncoder.encode(use_rationale=False)); "rationale"
+# pools generated tokens only, which a sentence-transformers module cannot write.
+SENTENCE_TRANSFORMERS_POOLING = ("mean", "last")
+
+
+def check_sentence_transformers_pooling(settings: GRACESettings) -> None:
+    """Refuse a pooling the sentence-transformers module cannot express, rather than export a different embedding."""
+    if settings.pooling not in SENTENCE_TRANSFORMERS_POOLING:
+        raise ValueError(
+            f"pooling={settings.pooling!r} cannot be exported for sentence-transformers: it pools the generated "
+            f"rationale, and a sentence-transformers module writes none (exportable: "
+            f"{SENTENCE_TRANSFORMERS_POOLING}). Embed this checkpoint with GRACEEncoder.")
 
 
 class GRACETransformer(InputModule):
@@ -45,6 +57,7 @@ class GRACETransformer(InputModule):
         if tokenizer is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.settings = settings or GRACESettings()
+        check_sentence_transformers_pooling(self.settings)
         # None: no truncation, as GRACEEncoder; a limit cuts the templated prompt from the right.
         self.max_seq_length = max_seq_length
         # False writes only the configuration, for a folder whose weights a trainer has already saved.
@@ -149,6 +162,7 @@ def write_sentence_transformers_files(folder: str, settings: GRACESettings | Non
     settings = settings or GRACESettings.load(folder)
     if settings is None:
         raise FileNotFoundError(f"{folder} has no {SETTINGS_FILE}; save the GRACE settings first")
+    check_sentence_transformers_pooling(settings)
     module = GRACETransformer(None, None, settings, max_seq_length=max_seq_length, save_weights=False)
     st_model = SentenceTransformer(modules=[module, Normalize()], device="cpu", similarity_fn_name="cosine")
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,7 @@ from transformers.trainer_utils import IntervalStrategy
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
+from .aliases import resolve_model_name
 from .checks import (
     StepHealth,
     check_fresh_output_dir,
@@ -38,9 +39,8 @@ from .checks import (
 )
 from .config import GRACEConfig
 from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
-from .generation import ignoring_model_generation_config
+from .generation import eos_token_ids, generate_left_padded, pad_token_id
 from .model_card import PAPER
-from .models import resolve_model_name
 from .pooling import embed_token_sequences, get_backbone, masked_mean, pool_span
 from .prompts import PromptEncoder
 from .rewards import GRACEReward, RolloutEmbeddings, build_reward_funcs
@@ -135,7 +135,7 @@ class GRACETrainer(GRPOTrainer):
                                  eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         finally:
             args.eval_strategy = eval_strategy
-        from .reporting import TimeBudgetCallback, TrainingCurvesCallback
+        from .callbacks import TimeBudgetCallback, TrainingCurvesCallback
 
         self.add_callback(TrainingCurvesCallback())
         if args.max_train_minutes:
@@ -152,7 +152,7 @@ class GRACETrainer(GRPOTrainer):
         self.grace_tokenizer = tokenizer
         self.prompt_encoder = PromptEncoder(tokenizer, args.system_prompt, args.instruction,
                                             self.args.chat_template_kwargs)
-        self._grace_eos_ids = self._eos_ids(tokenizer)
+        self._grace_eos_ids = eos_token_ids(self.model, tokenizer)
         self._check_embeddable(self.train_dataset)
         self._check_embeddable(self.eval_dataset)
 
@@ -180,12 +180,6 @@ class GRACETrainer(GRPOTrainer):
             limit = self.args.vllm_max_model_length if self.use_vllm else None
             check_embeddable(dataset, self.args.mode, self.prompt_encoder, self.args.num_negatives, limit)
 
-    def _eos_ids(self, tokenizer) -> list[int]:
-        ids = getattr(self, "eos_token_ids", None)  # set by GRPOTrainer from the generation config
-        if not ids:
-            ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
-
     # ------------------------------------------------------------- embedding
     def compute_embeddings(self, model, sequences: Sequence[Sequence[int]],
                            spans: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -208,29 +202,12 @@ class GRACETrainer(GRPOTrainer):
         if not prompt_ids:
             return []
         config = GenerationConfig(**self._anchor_generation_kwargs(self._grace_pad_id()))
-        return self._generate_left_padded(model, prompt_ids, generation_config=config)
+        # the encoder's HF backend decodes through the same function
+        return generate_left_padded(model, prompt_ids, self._grace_pad_id(), self._grace_eos_ids,
+                                    device=self.accelerator.device, generation_config=config)
 
     def _grace_pad_id(self) -> int:
-        pad = self.grace_tokenizer.pad_token_id
-        return pad if pad is not None else self._grace_eos_ids[0]
-
-    def _generate_left_padded(self, model, prompt_ids: list[list[int]], **generate_kwargs) -> list[list[int]]:
-        """Left-pad, generate under GRACE's decoding rules only, cut each row after its first EOS."""
-        pad = self._grace_pad_id()
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(prompt_ids):
-            ids[i, width - len(p):] = torch.tensor(p)
-            attn[i, width - len(p):] = 1
-        device = self.accelerator.device
-        with ignoring_model_generation_config(model):
-            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **generate_kwargs)
-        completions = []
-        for row in out[:, width:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in self._grace_eos_ids), None)
-            completions.append(row if cut is None else row[: cut + 1])
-        return completions
+        return pad_token_id(self.grace_tokenizer, self._grace_eos_ids)
 
     def _anchor_generation_kwargs(self, pad: int) -> dict:
         """The rollouts' generation settings (TRL's, with the user's ``generation_kwargs``) at the anchor
@@ -384,8 +361,9 @@ class GRACETrainer(GRPOTrainer):
             ) as unwrapped,
             torch.no_grad(),
         ):
-            completions = self._generate_left_padded(
-                unwrapped, all_ids, generation_config=self.generation_config,
+            completions = generate_left_padded(
+                unwrapped, all_ids, self._grace_pad_id(), self._grace_eos_ids, device=self.accelerator.device,
+                generation_config=self.generation_config,
                 logits_processor=LogitsProcessorList([RowTemperature(temps, base_t)]))
         self._grace_fused_anchors = completions[len(prompt_ids):]
         return completions[: len(prompt_ids)], None
@@ -602,8 +580,8 @@ class GRACETrainer(GRPOTrainer):
             return
         from trl.trainer.utils import get_comet_experiment_url, get_config_model_id, get_trackio_space_url
 
+        from .aliases import hub_base_model
         from .model_card import build_model_card
-        from .models import hub_base_model
 
         base_model, license_ = hub_base_model(get_config_model_id(self.model.config))
         tags = [tags] if isinstance(tags, str) else list(tags or [])
@@ -629,11 +607,15 @@ class GRACETrainer(GRPOTrainer):
         """
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            from .st_module import write_sentence_transformers_files
+            from .st_module import SENTENCE_TRANSFORMERS_POOLING, write_sentence_transformers_files
 
             settings = self.args.grace_settings()
             settings.save(output_dir or self.args.output_dir)
-            write_sentence_transformers_files(output_dir or self.args.output_dir, settings)
+            if settings.pooling in SENTENCE_TRANSFORMERS_POOLING:
+                write_sentence_transformers_files(output_dir or self.args.output_dir, settings)
+            else:
+                logger.info("pooling=%r has no sentence-transformers equivalent; the checkpoint is for GRACEEncoder "
+                            "only", settings.pooling)
 
 
 __all__ = ["GRACETrainer", "GRACEReward"]

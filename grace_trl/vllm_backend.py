@@ -89,6 +89,8 @@ def _env(**values: str) -> Iterator[None]:
 class VLLMRationaleGenerator:
     """A vLLM engine that writes rationales for already-tokenized GRACE prompts.
 
+    Implements :class:`grace_trl.generation.RationaleGenerator`, as the HF backend does.
+
     The engine core runs in this process by default (``in_process=True``): scripts without an
     ``if __name__ == "__main__"`` guard then work (vLLM would otherwise spawn a process that re-imports
     the caller), and no second process holds a copy of the weights. ``enforce_eager=None`` means eager
@@ -96,6 +98,8 @@ class VLLMRationaleGenerator:
     elsewhere. Extra keyword arguments (``dtype``, ``tensor_parallel_size``, ``max_num_seqs`` ...) go to
     ``vllm.LLM`` unchanged.
     """
+
+    name = "vllm"
 
     def __init__(
         self,
@@ -124,15 +128,16 @@ class VLLMRationaleGenerator:
                 **llm_kwargs,
             )
         self.model_path = str(model_path)
+        self.show_progress_bar = True  # GRACEEncoder sets it per call, as for the HF backend
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     def generate(
         self,
         prompt_ids_list: list[list[int]],
         max_new_tokens: int,
-        temperature: float,
+        temperature: float = 0.0,
         *,
-        show_progress: bool = True,
+        show_progress: bool | None = None,
     ) -> list[list[int]]:
         """Token ids of one completion per prompt, in input order; EOS is kept when it was generated.
 
@@ -156,7 +161,8 @@ class VLLMRationaleGenerator:
             detokenize=False,  # only ids are needed; skips per-step detokenisation
         )
         outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in prompts], sampling_params=params, use_tqdm=show_progress
+            [{"prompt_token_ids": ids} for ids in prompts], sampling_params=params,
+            use_tqdm=self.show_progress_bar if show_progress is None else show_progress,
         )
         return [list(out.outputs[0].token_ids) for out in outputs]
 

@@ -25,7 +25,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     """The embedded default model, prepared into the local cache (real weights)."""
-    from grace_trl.models import resolve_model_name
+    from grace_trl.aliases import resolve_model_name
 
     return resolve_model_name("smollm2-135m")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grace_trl.baselines import CLConfig, _parse, build_cl_model, load_triples, train_cl
+from grace_trl.baselines import CLConfig, build_cl_model, load_triples, train_cl
 from grace_trl.cli_args import UsageError
+from grace_trl.commands.train_cl import parse_args as _parse
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m" / "cl_cpu.yaml"
 
@@ -23,6 +24,17 @@ def test_recipe_parses_and_flags_override():
     cfg = _parse(["--config", str(RECIPE), "--max_steps", "3", "--output_dir", "/tmp/x"])
     assert cfg.model_name_or_path == "smollm2-135m" and cfg.dataset_name == "sample-nli"
     assert cfg.max_steps == 3 and cfg.output_dir == "/tmp/x" and cfg.use_cpu is True
+
+
+def test_every_sentence_transformers_training_argument_is_accepted():
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    cfg = _parse(["--config", str(RECIPE), "--lr_scheduler_type", "cosine", "--gradient_accumulation_steps", "2",
+                  "--batch_sampler", "batch_sampler"])
+    assert isinstance(cfg, SentenceTransformerTrainingArguments)
+    assert cfg.lr_scheduler_type == "cosine" and cfg.gradient_accumulation_steps == 2
+    assert cfg.batch_sampler == "batch_sampler"
+    assert _parse(["--config", str(RECIPE)]).batch_sampler == "no_duplicates"  # the baseline's default
 
 
 def test_bad_recipe_key_is_reported(tmp_path):
@@ -52,7 +64,7 @@ def test_cl_training_changes_embeddings_and_saves(tiny_model_path, tmp_path):
     assert e1.shape == e0.shape == (2, 64)
     assert not np.allclose(e0, e1, atol=1e-4)  # the optimiser moved the weights
 
-    from grace_trl.evaluation.cli import plan_runs
+    from grace_trl.evaluation.runner import plan_runs
 
     runs = plan_runs([f"cl={out}"], no_rationale=False, both=True)
     assert len(runs) == 1 and runs[0].kind == "sentence-transformers" and runs[0].use_rationale is False

@@ -117,7 +117,7 @@ def test_model_fingerprint_tracks_weights(tiny_model_path):
 
 
 def test_settings_save_failure_leaves_no_file(tmp_path):
-    from grace_trl.config import GRACESettings
+    from grace_trl.settings import GRACESettings
 
     with pytest.raises(TypeError):
         GRACESettings(chat_template_kwargs={"not_json": object()}).save(str(tmp_path))

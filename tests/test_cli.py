@@ -35,9 +35,9 @@ def test_train_help_is_short_and_lists_grace_fields(capsys):
 
 
 def test_both_flag_spellings_and_no_prefix_matching(tmp_path, capsys):
-    from grace_trl.baselines import _parse
     from grace_trl.commands.export import build_parser
     from grace_trl.commands.train import parse_args
+    from grace_trl.commands.train_cl import parse_args as _parse
 
     common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
     underscored = parse_args(["--max_steps", "3", "--num-generations", "2", *common])[1]

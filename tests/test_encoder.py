@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from grace_trl.config import GRACESettings
-from grace_trl.encoder import GRACEEncoder, HFRationaleGenerator, RationaleGenerator, split_at_eos
+from grace_trl.encoder import GRACEEncoder
+from grace_trl.generation import HFRationaleGenerator, RationaleGenerator, split_at_eos
 from grace_trl.pooling import embed_token_sequences
 from grace_trl.prompts import PromptEncoder
+from grace_trl.settings import GRACESettings
 
 TEXTS = ["A man is playing a guitar.", "The stock market fell sharply on Monday.", "Cats sleep a lot.",
          "A man is playing a guitar."]

@@ -80,7 +80,7 @@ def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, t
     import mteb
     from mteb.results import TaskResult
 
-    from grace_trl.evaluation.cli import main
+    from grace_trl.commands.eval import main
 
     out = tmp_path / "eval"
     args = ["--model", f"tiny={tiny_model_path}", "--with-and-without-rationale", "--tasks",
@@ -135,7 +135,7 @@ def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, t
 
 
 def test_eval_cli_rejects_bad_arguments(capsys):
-    from grace_trl.evaluation.cli import main
+    from grace_trl.commands.eval import main
 
     assert main(["--model", "x", "--tasks", "NoSuchTask", "--output-dir", "/tmp/unused"]) == 2
     assert "unknown task" in capsys.readouterr().err
@@ -158,8 +158,8 @@ def test_generation_check_on_tiny_model(tiny_model_path):
 
 def test_eval_cli_system_prompt_override(tiny_model_path, shared_data, tmp_path):
     """One prompt for every causal LM: literal and from-checkpoint forms agree and are recorded."""
-    from grace_trl.config import GRACESettings
-    from grace_trl.evaluation.cli import main
+    from grace_trl.commands.eval import main
+    from grace_trl.settings import GRACESettings
 
     ckpt = tmp_path / "ckpt"
     GRACESettings(system_prompt="Summarise the text in one line.").save(str(ckpt))
@@ -185,7 +185,7 @@ def test_eval_cli_system_prompt_override(tiny_model_path, shared_data, tmp_path)
 
 
 def test_eval_cli_system_prompt_from_needs_a_grace_checkpoint(tmp_path, capsys):
-    from grace_trl.evaluation.cli import main
+    from grace_trl.commands.eval import main
 
     assert main(["--model", "x", "--system-prompt-from", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
     assert "no grace_config.json" in capsys.readouterr().err
@@ -195,7 +195,7 @@ def test_eval_cli_system_prompt_from_needs_a_grace_checkpoint(tmp_path, capsys):
 def test_eval_system_prompt_none_means_no_system_prompt(spelling):
     from argparse import Namespace
 
-    from grace_trl.evaluation.cli import resolve_system_prompt
+    from grace_trl.evaluation.runner import resolve_system_prompt
 
     assert resolve_system_prompt(Namespace(system_prompt=spelling, system_prompt_from=None)) == (True, None)
     assert resolve_system_prompt(Namespace(system_prompt="Be brief.", system_prompt_from=None)) == (True, "Be brief.")
@@ -303,7 +303,8 @@ def test_plot_legend_does_not_cover_bars():
 
 
 def test_eval_checks_task_data_before_loading_a_model(tmp_path, capsys):
-    from grace_trl.evaluation.cli import canonical_tasks, main
+    from grace_trl.commands.eval import main
+    from grace_trl.evaluation.runner import canonical_tasks
 
     assert canonical_tasks("stsb,STS12") == ["STSBenchmark", "STS12"]  # any mteb task name is accepted
     empty = tmp_path / "data"
@@ -316,3 +317,41 @@ def test_eval_checks_task_data_before_loading_a_model(tmp_path, capsys):
     assert main(["--model", "no-such-model", "--tasks", "STS12", "--limit", "5",
                  "--output-dir", str(tmp_path / "out")]) == 2
     assert "--limit applies to the bundled offline tasks only" in capsys.readouterr().err
+
+
+def test_prompt_override_leaves_the_encoder_settings_alone(tiny_model_path):
+    """The override reaches encode() as system_prompt=; the encoder keeps the checkpoint's settings."""
+    import copy
+
+    import numpy as np
+
+    from grace_trl.encoder import GRACEEncoder
+    from grace_trl.evaluation.mteb_wrapper import GRACEMTEBEncoder
+
+    encoder = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu")
+    before = copy.deepcopy(encoder.settings)
+    texts = ["A man is playing a guitar.", "Cats sleep a lot."]
+    wrapped = GRACEMTEBEncoder(encoder, use_rationale=False, system_prompt="Summarise the text in one line.",
+                               show_progress_bar=False)
+    got = wrapped.encode([{"text": texts}], task_metadata=None, hf_split="test", hf_subset="default")
+    assert encoder.settings == before
+    want = encoder.encode(texts, use_rationale=False, system_prompt="Summarise the text in one line.",
+                          show_progress_bar=False)
+    own = encoder.encode(texts, use_rationale=False, show_progress_bar=False)
+    assert np.allclose(got, want) and not np.allclose(got, own)
+
+
+def test_no_module_writes_into_an_encoders_settings():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "grace_trl"
+    writes = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)
+                        and target.value.attr == "settings"):
+                    writes.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not writes, f"settings overridden by assignment instead of encode(system_prompt=...): {writes}"

@@ -9,14 +9,14 @@ import os
 import pytest
 import torch
 
-from grace_trl.config import SETTINGS_FILE, GRACESettings
+from grace_trl.settings import SETTINGS_FILE, GRACESettings
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from grace_trl.models import resolve_model_name
+    from grace_trl.aliases import resolve_model_name
 
     return AutoTokenizer.from_pretrained(resolve_model_name("smollm2-135m"))
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from grace_trl.config import GRACESettings
+from grace_trl.settings import GRACESettings
 
 TOKEN = "hf_testtoken_must_not_leak_0123456789"
 TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
@@ -247,3 +247,39 @@ def test_sentence_transformers_prefix_uses_the_chat_template_kwargs(smollm2_path
     # the sentence-transformers input is exactly the training prompt
     pe = PromptEncoder(tok, settings.system_prompt, settings.instruction, settings.chat_template_kwargs)
     assert ids == pe("A dog runs.").input_ids
+
+
+def test_exported_pooling_follows_the_settings(tmp_path, tiny_model_path):
+    """pooling="last" is exported as last-token pooling, and the card says so."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from grace_trl.encoder import GRACEEncoder
+    from grace_trl.hub import prepare_hub_folder
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_path, ckpt)
+    GRACESettings(pooling="last").save(str(ckpt))
+    folder = Path(prepare_hub_folder(str(ckpt), str(tmp_path / "repo"), "grace-org/grace-last"))
+    got = SentenceTransformer(str(folder), device="cpu", local_files_only=True, trust_remote_code=True).encode(TEXTS)
+    encoder = GRACEEncoder.from_pretrained(str(folder), device="cpu")
+    np.testing.assert_allclose(got, encoder.encode(TEXTS, use_rationale=False, show_progress_bar=False), atol=1e-4)
+    mean = GRACEEncoder(encoder.model, encoder.tokenizer, GRACESettings(pooling="mean"))
+    assert not np.allclose(got, mean.encode(TEXTS, use_rationale=False, show_progress_bar=False), atol=1e-3)
+    card = (folder / "README.md").read_text()
+    assert "final token" in card and "the mean of its last-layer hidden states" not in card
+
+
+def test_pooling_sentence_transformers_cannot_express_is_refused(tmp_path, tiny_model_path):
+    from grace_trl.hub import prepare_hub_folder
+    from grace_trl.st_module import write_sentence_transformers_files
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_path, ckpt)
+    GRACESettings(pooling="rationale").save(str(ckpt))
+    with pytest.raises(ValueError, match="pooling='rationale'.*sentence-transformers"):
+        prepare_hub_folder(str(ckpt), str(tmp_path / "repo"), "grace-org/grace-rationale")
+    assert not (tmp_path / "repo").exists()  # refused before any work
+    with pytest.raises(ValueError, match="pooling='rationale'"):
+        write_sentence_transformers_files(str(ckpt))
+    assert not (ckpt / "modules.json").exists()

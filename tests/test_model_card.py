@@ -44,8 +44,8 @@ def test_push_card_model_index_through_huggingface_hub(tmp_path, tiny_model_path
 
     from huggingface_hub import ModelCard
 
-    from grace_trl.config import GRACESettings
     from grace_trl.hub import prepare_hub_folder
+    from grace_trl.settings import GRACESettings
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_model_path, ckpt)

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from grace_trl.config import GRACESettings
+from grace_trl.settings import GRACESettings
 
 
 @pytest.fixture()

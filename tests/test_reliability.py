@@ -12,9 +12,9 @@ import torch
 from datasets import Dataset
 
 from grace_trl import GRACEConfig
-from grace_trl.config import GRACESettings
 from grace_trl.data import DataValidationError, load_grace_dataset, validate_dataset
 from grace_trl.rewards import GRACEReward, RolloutEmbeddings, grace_reward_components
+from grace_trl.settings import GRACESettings
 from grace_trl.trainer import SAMPLES_FILE, GRACETrainer
 
 EOS = 2  # SmolLM2's <|im_end|>

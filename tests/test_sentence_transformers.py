@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from grace_trl import GRACEConfig
-from grace_trl.config import GRACESettings
+from grace_trl.settings import GRACESettings
 
 INSTRUCTION = "Retrieve sentences that mean the same"
 

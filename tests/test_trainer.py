@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from grace_trl import GRACEConfig
-from grace_trl.config import GRACESettings
+from grace_trl.settings import GRACESettings
 from grace_trl.trainer import SAMPLES_FILE, GRACETrainer
 
 BRIEF = "Explain the text briefly: reasoning in <think></think> tags, then a one-sentence summary."

@@ -15,7 +15,7 @@ import json
 import sys
 
 from ..cli_args import ArgumentParser
-from ..data import load_grace_dataset
+from ..data import DEFAULT_MODE, MODES, load_grace_dataset
 from ..files import atomic_write
 from ..prompts import DEFAULT_SYSTEM_PROMPT, PromptEncoder, normalize_system_prompt
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample name "
                         "or a Hub dataset id.")
     p.add_argument("--output", required=True, help="Output .jsonl (query/positive/negatives or text per line).")
-    p.add_argument("--mode", choices=("supervised", "unsupervised"), default="supervised")
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     p.add_argument("--column-mapping", default=None,
                    help="e.g. 'query=sent0,positive=sent1,negatives=hard_neg' or 'text=sentence'; "
                         "'+' joins several negative columns.")
@@ -95,7 +95,7 @@ def prepare(args: argparse.Namespace) -> dict:
     if args.max_prompt_tokens is not None:
         from transformers import AutoTokenizer
 
-        from ..models import resolve_model_name
+        from ..aliases import resolve_model_name
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(args.tokenizer))
         rows, dropped, longest = length_filter(rows, args.mode, tokenizer, args.max_prompt_tokens, system_prompt,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..aliases import MODEL_ALIASES, prepare_alias
 from ..cli_args import ArgumentParser
-from ..models import MODEL_ALIASES, prepare_alias
 
 
 def main(argv=None) -> int:

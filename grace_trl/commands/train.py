@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from ..aliases import resolve_model_name
 from ..config import GRACEConfig
 from ..data import SAMPLE_DATASETS, load_grace_dataset
-from ..models import resolve_model_name
 
 logger = logging.getLogger("grace_trl")
 

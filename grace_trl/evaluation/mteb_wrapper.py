@@ -17,8 +17,8 @@ import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
-from ..encoder import GRACEEncoder
-from ..models import MODEL_ALIASES
+from ..aliases import MODEL_ALIASES
+from ..encoder import _UNSET, GRACEEncoder
 
 
 def _mteb_name(label: str) -> str:
@@ -42,8 +42,12 @@ class GRACEMTEBEncoder(AbsEncoder):
         use_task_instructions: bool = False,
         experiment_kwargs: dict[str, Any] | None = None,
         show_progress_bar: bool = True,
+        system_prompt=_UNSET,
     ):
+        """``system_prompt`` replaces the checkpoint's for every text this wrapper embeds (``None``: no system
+        message); the encoder and its settings stay as they are."""
         self.encoder = encoder
+        self.system_prompt = system_prompt
         self.model = encoder  # AbsEncoder convention
         self.use_rationale = use_rationale
         self.max_new_tokens = int(max_new_tokens or encoder.settings.max_new_tokens)
@@ -90,11 +94,11 @@ class GRACEMTEBEncoder(AbsEncoder):
             if "text" not in batch:
                 raise ValueError(f"mteb batch has no 'text' column (columns: {sorted(batch)})")
             texts.extend(batch["text"])
-        instruction = {}
+        instruction = {} if self.system_prompt is _UNSET else {"system_prompt": self.system_prompt}
         if self.use_task_instructions:
             task_instruction = self.get_instruction(task_metadata, prompt_type)
             if task_instruction:
-                instruction = {"instruction": task_instruction}
+                instruction["instruction"] = task_instruction
         return self.encoder.encode(
             texts,
             batch_size=int(kwargs.get("batch_size") or 16),
@@ -152,8 +156,8 @@ def grace_model_meta(name_or_path: str, *, use_rationale: bool = True, max_new_t
     under ``name`` (default: the Hub id, or ``grace-trl/<folder name>``) and ``revision`` (default: a content
     hash for a local folder; the given Hub revision, else none, for a Hub id).
     """
-    from ..config import GRACESettings
-    from ..models import resolve_model_name
+    from ..aliases import resolve_model_name
+    from ..settings import GRACESettings
 
     local = name_or_path in MODEL_ALIASES or os.path.isdir(os.path.expanduser(name_or_path))
     path = resolve_model_name(name_or_path) if local else name_or_path
@@ -207,6 +211,8 @@ def with_embedding_cache(model: GRACEMTEBEncoder, cache_dir: str | os.PathLike):
 
     meta = model.mteb_model_meta
     settings = {**dataclasses.asdict(model.encoder.settings), "backend": model.encoder.backend_name}
+    if model.system_prompt is not _UNSET:  # the wrapper's override, which encode() uses instead
+        settings["system_prompt"] = model.system_prompt
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = Path(cache_dir) / meta.model_name_as_path() / (meta.revision or "no_revision") / f"settings_{digest}"
     return CachedEmbeddingWrapper(model, path)

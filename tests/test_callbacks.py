@@ -1,6 +1,6 @@
 import csv
 
-from grace_trl.reporting import save_training_curves
+from grace_trl.callbacks import save_training_curves
 
 
 def test_curves_written_from_log_history(tmp_path):

@@ -1,30 +1,23 @@
-"""``grace-trl eval``: several models/settings side by side on offline MTEB tasks.
+"""Several models/settings side by side on offline MTEB tasks: the library behind ``grace-trl eval``.
 
-Example (the paper's comparison on a CPU-sized reduced run)::
-
-    grace-trl eval --model base=smollm2-135m --model grace=out/ckpt --model cl=out/cl \
-        --with-and-without-rationale --tasks STSBenchmark,SciFact,Banking77 --limit 200 \
-        --max-new-tokens 64 --output-dir eval_out
+:func:`run_evaluation` embeds every planned run (:func:`plan_runs`) through mteb and returns the
+results that :mod:`grace_trl.evaluation.report` writes; the command line lives in
+:mod:`grace_trl.commands.eval`.
 
 Embeddings are cached with mteb's ``CachedEmbeddingWrapper`` (``OUT/embedding_cache``), rationales in
-``OUT/rationale_cache``. Writes mteb result files
-(``OUT/mteb/results/<model>/<revision>/experiments/<settings>/<Task>.json``),
-``results.json``, ``results.md`` and (unless ``--no-html``) ``report.html`` with ``scores.png``.
+``OUT/rationale_cache``.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli_args import ArgumentParser
 from .tasks import LOCAL_TASKS, TASK_ALIASES, get_local_task
 
 logger = logging.getLogger(__name__)
@@ -109,53 +102,6 @@ def check_task_data(task_names: list[str], args) -> None:
         make_task(name, args).load_data()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="grace-trl eval", description=__doc__.split("\n")[0])
-    p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
-                   help="Model alias, local checkpoint, Hub id, or sentence-transformers folder. Repeatable.")
-    p.add_argument("--tasks", default="STSBenchmark,SciFact,Banking77Classification")
-    p.add_argument("--limit", type=int, default=None,
-                   help="Reduced run: N STS pairs / N SciFact queries (+relevant docs + distractors) / N Banking77 "
-                        "test texts (seeded). Results are labelled as reduced.")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--no-rationale", action="store_true", help="Embed the prompt only (no generation).")
-    p.add_argument("--with-and-without-rationale", action="store_true",
-                   help="Evaluate every causal LM twice: without and with its rationale.")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="Rationale length (default: checkpoint setting).")
-    prompt = p.add_mutually_exclusive_group()
-    prompt.add_argument("--system-prompt", default=None,
-                        help="System prompt for every causal LM instead of each checkpoint's own "
-                             "('none' or '' for none). "
-                             "Compare a base model and a GRACE checkpoint under one prompt.")
-    prompt.add_argument("--system-prompt-from", default=None, metavar="CHECKPOINT",
-                        help="Use the system prompt saved in this checkpoint's grace_config.json for every causal LM.")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--scifact-distractors", type=int, default=None,
-                   help="Distractor docs in a reduced SciFact (2×limit).")
-    p.add_argument("--n-experiments", type=int, default=None,
-                   help="Banking77 classifier repeats (mteb: 10; 1 with --limit).")
-    p.add_argument("--samples-per-label", type=int, default=None,
-                   help="Banking77 training texts per label per experiment (mteb: 8); "
-                        "changing it marks the run reduced.")
-    p.add_argument("--data-dir", default=None,
-                   help="Folder holding STSBenchmark/, SciFact/, Banking77Classification/.")
-    p.add_argument("--cache-dir", default=None, help="Rationale cache (default OUTPUT_DIR/rationale_cache).")
-    p.add_argument("--embedding-cache-dir", default=None,
-                   help="mteb's embedding cache for the causal LMs (default OUTPUT_DIR/embedding_cache): a repeated "
-                        "evaluation with the same weights and settings reads the vectors instead of encoding.")
-    p.add_argument("--no-embedding-cache", action="store_true", help="Encode every text again.")
-    p.add_argument("--device", default=None)
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 is much faster on a CPU shared with other jobs).")
-    p.add_argument("--generation-check", action="store_true",
-                   help="Also report perplexity on held-out text and greedy answers for each causal LM.")
-    p.add_argument("--samples", type=int, default=5, help="STS sample pairs with rationales in the HTML report.")
-    p.add_argument("--no-html", action="store_true")
-    p.add_argument("--output-dir", required=True)
-    return p
-
-
 def resolve_system_prompt(args) -> tuple[bool, str | None]:
     """(override?, prompt) from --system-prompt / --system-prompt-from."""
     if args.system_prompt is not None:
@@ -163,7 +109,7 @@ def resolve_system_prompt(args) -> tuple[bool, str | None]:
 
         return True, normalize_system_prompt(args.system_prompt)
     if args.system_prompt_from is not None:
-        from ..config import GRACESettings
+        from ..settings import GRACESettings
 
         settings = GRACESettings.load(args.system_prompt_from) if os.path.isdir(args.system_prompt_from) else None
         if settings is None:
@@ -220,18 +166,21 @@ def run_evaluation(args) -> dict:
                                                                 cache_dir=cache_dir)
             encoder = loaded[run.path]
             experiment = {"limit": args.limit} if args.limit else {}
+            prompt_kwargs = {}
             if override_prompt:
-                encoder.settings.system_prompt = system_prompt  # part of the cache key via the prompt ids
+                # passed to encode(), never written into encoder.settings; part of the cache key via the prompt ids
+                prompt_kwargs["system_prompt"] = system_prompt
                 # keeps mteb's result folders apart from runs with the checkpoint's prompt
                 experiment["system_prompt"] = hashlib.sha256((system_prompt or "").encode()).hexdigest()[:10]
             grace_model = GRACEMTEBEncoder(encoder, use_rationale=run.use_rationale,
                                            max_new_tokens=args.max_new_tokens, name=run.path,
-                                           experiment_kwargs=experiment)
+                                           experiment_kwargs=experiment, **prompt_kwargs)
             evaluated = grace_model if args.no_embedding_cache else with_embedding_cache(grace_model,
                                                                                           embedding_cache_dir)
+            used_prompt = system_prompt if override_prompt else encoder.settings.system_prompt
             run.settings.update({"rationale": run.use_rationale, "pooling": encoder.settings.pooling,
                                  "system_prompt": ("override" if override_prompt else "checkpoint")
-                                 if encoder.settings.system_prompt else None})
+                                 if used_prompt else None})
             if run.use_rationale:
                 run.settings["max_new_tokens"] = grace_model.max_new_tokens
         predictions = out / "predictions" / hashlib.sha256(run.label.encode()).hexdigest()[:12]
@@ -251,7 +200,7 @@ def run_evaluation(args) -> dict:
                     (("score", interval.score), ("low", interval.low), ("high", interval.high))}
         models_info.append({"label": run.label, "path": run.path, "kind": run.kind, "settings": run.settings})
         if run.kind == "grace" and run.use_rationale and args.samples > 0 and "STSBenchmark" in task_names:
-            samples[run.label] = sts_samples(loaded[run.path], args, grace_model.max_new_tokens)
+            samples[run.label] = sts_samples(loaded[run.path], args, grace_model.max_new_tokens, **prompt_kwargs)
         if args.generation_check and run.path not in checked_paths:
             checked_paths.add(run.path)
             generation[run.base_label or run.label] = _generation_check(run, loaded.get(run.path), args)
@@ -313,8 +262,10 @@ def score_interval(task, prediction_file: Path, n_resamples: int = 2000, seed: i
     return None
 
 
-def sts_samples(encoder, args, max_new_tokens: int) -> list[dict]:
-    """A few STS pairs with both rationales and their cosine (rationales come from the cache)."""
+def sts_samples(encoder, args, max_new_tokens: int, **prompt_kwargs) -> list[dict]:
+    """A few STS pairs with both rationales and their cosine (rationales come from the cache).
+
+    ``prompt_kwargs`` (``system_prompt``) go to ``encode``, as for the scored embeddings."""
     import numpy as np
 
     task = get_local_task("STSBenchmark", data_dir=args.data_dir, limit=args.limit, seed=args.seed)
@@ -322,7 +273,7 @@ def sts_samples(encoder, args, max_new_tokens: int) -> list[dict]:
     rows = task.dataset["test"].select(range(min(args.samples, len(task.dataset["test"]))))
     texts = list(rows["sentence1"]) + list(rows["sentence2"])
     vecs, rats = encoder.encode(texts, batch_size=args.batch_size, max_new_tokens=max_new_tokens,
-                                return_rationales=True, show_progress_bar=False)
+                                return_rationales=True, show_progress_bar=False, **prompt_kwargs)
     n = len(rows)
     cos = np.sum(vecs[:n] * vecs[n:], axis=1)
     return [{"text1": rows["sentence1"][i], "text2": rows["sentence2"][i], "gold": float(rows["score"][i]),
@@ -344,30 +295,3 @@ def _generation_check(run: ModelRun, encoder, args) -> dict:
     res = generation_check(model, tok)
     res["note"] = "loaded from the sentence-transformers backbone"
     return res
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .report import text_table, write_reports
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        task_names = canonical_tasks(args.tasks)
-        plan_runs(args.model, args.no_rationale, args.with_and_without_rationale)
-        resolve_system_prompt(args)
-        check_task_data(task_names, args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"grace-trl eval: error: {err}", file=sys.stderr)
-        return 2
-    results = run_evaluation(args)
-    paths = write_reports(results, args.output_dir, html_output=not args.no_html)
-    print()
-    print(text_table(results))
-    print()
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
