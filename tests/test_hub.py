@@ -283,3 +283,15 @@ def test_pooling_sentence_transformers_cannot_express_is_refused(tmp_path, tiny_
     with pytest.raises(ValueError, match="pooling='rationale'"):
         write_sentence_transformers_files(str(ckpt))
     assert not (ckpt / "modules.json").exists()
+
+
+def test_push_refusal_is_one_line(tmp_path, tiny_model_path, capsys):
+    from grace_trl.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_path, ckpt)
+    GRACESettings(pooling="rationale").save(str(ckpt))
+    rc = main(["push", "--checkpoint", str(ckpt), "--repo-id", "grace-org/x", "--dry-run", str(tmp_path / "repo")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("grace-trl push: error: ") and "pooling='rationale'" in err[-1]
+    assert not (tmp_path / "repo").exists()

@@ -20,7 +20,7 @@ TRAIN_ENTRY_POINTS = ("grace-trl train", "grace_trl.commands.train")
 def _is_grace_recipe(path: Path) -> bool:
     """Recipes for the GRACE trainer say so in their comments (baseline recipes name their own module)."""
     comments = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
-    return any(entry in comments for entry in TRAIN_ENTRY_POINTS)
+    return any(re.search(re.escape(entry) + r"(\s|$)", comments) for entry in TRAIN_ENTRY_POINTS)  # not train-cl
 
 
 ALL_YAML = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)

@@ -4,6 +4,7 @@ import csv
 import os
 import re
 
+import pytest
 import torch
 from datasets import Dataset
 from trl.models import unwrap_model_for_generation
@@ -136,6 +137,19 @@ def test_contrastive_term_pools_the_same_span_as_the_reward(tmp_path, tiny_model
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
     assert trainer._metrics["train"]["grace/contrastive_loss"]
+
+
+def test_eval_on_start_puts_the_untrained_score_first_in_the_curves(tmp_path, tiny_model_path):
+    args = config(tmp_path, embedding_evaluator="sts-dev-sample", embedding_eval_limit=4, eval_strategy="steps",
+                  eval_steps=1, eval_on_start=True, max_steps=1, generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_sts_spearman" in h]
+    assert [h["step"] for h in evals] == [0, 1]
+    with open(os.path.join(args.output_dir, "training_curves.csv")) as f:
+        table = list(csv.DictReader(f))
+    first = [r for r in table if r["eval_sts_spearman"]][0]
+    assert first["step"] == "0" and float(first["eval_sts_spearman"]) == pytest.approx(evals[0]["eval_sts_spearman"])
 
 
 def test_embedding_evaluator_logs_dev_scores_curves_and_best_model(tmp_path, tiny_model_path, shared_data):

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from ..cli_args import ArgumentParser
+from ..cli_args import ArgumentParser, UsageError
 from ..hub import prepare_hub_folder, push_to_hub
 
 
@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return _run(args)
+    except ValueError as err:  # the library refuses the input (pooling, results, base model): one line
+        raise UsageError(str(err)) from err
+
+
+def _run(args) -> int:
     if args.dry_run:
         folder = prepare_hub_folder(args.checkpoint, args.dry_run, args.repo_id, args.results, args.base_model)
         print(f"prepared {folder} (not uploaded)")
