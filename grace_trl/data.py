@@ -150,17 +150,29 @@ def _read_local(path: Path) -> _Rows:
 
 
 def read_source(source: str, dataset_config: str | None = None, split: str = "train"):
-    """Rows from a local file, a committed sample name, or a Hub dataset id (needs network unless cached)."""
-    if source in SAMPLE_DATASETS:
-        return _read_local(SAMPLE_DATASETS[source])
-    path = Path(os.path.expanduser(source))
+    """Rows of ``split`` from a local file, a committed sample name, a local folder or a Hub dataset id.
+
+    A single file is one split, ``train``, as ``datasets.load_dataset(..., data_files=file)`` names it. A folder
+    (``train.csv``, ``test.csv``, ...) or a Hub id goes to ``datasets.load_dataset``, which names its splits; the
+    Hub needs the network unless the dataset is cached.
+    """
+    path = SAMPLE_DATASETS.get(source) or Path(os.path.expanduser(source))
     if path.is_file():
+        if split.split("[")[0] != "train":
+            raise DataValidationError(f"{source} has no split {split!r}; its splits are ['train'] (a single file is "
+                                      "one split; pass a folder with train and test files)")
         return _read_local(path)
     if path.suffix in (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"):
         raise FileNotFoundError(f"dataset file {source} does not exist")
-    from datasets import load_dataset
+    from datasets import get_dataset_split_names, load_dataset
 
-    return load_dataset(source, dataset_config, split=split)
+    try:
+        return load_dataset(source, dataset_config, split=split)
+    except ValueError as err:
+        if not str(err).startswith("Unknown split"):
+            raise
+        splits = get_dataset_split_names(source, dataset_config)
+        raise DataValidationError(f"{source} has no split {split!r}; its splits are {splits}") from None
 
 
 def _resolve_mapping(columns: list[str], mode: str, mapping: dict[str, Any]) -> dict[str, Any]:

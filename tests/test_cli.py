@@ -81,3 +81,45 @@ def test_trl_script_argument_names(tmp_path):
     common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
     assert parse_args(["--dataset_train_split", "dev", *common])[0].dataset_train_split == "dev"
     assert parse_args(["--dataset-split", "dev", *common])[0].dataset_train_split == "dev"  # the former name
+
+
+def _split_folder(tmp_path):
+    """A local dataset folder whose file names are its splits, as ``datasets.load_dataset(folder)`` reads them."""
+    folder = tmp_path / "nli"
+    folder.mkdir()
+    (folder / "train.csv").write_text("sent0,sent1,hard_neg\n" + "".join(
+        f"query {i},positive {i},negative {i}\n" for i in range(4)))
+    (folder / "test.csv").write_text("sent0,sent1,hard_neg\nheld-out query,held-out positive,held-out negative\n")
+    return folder
+
+
+def test_dataset_test_split_is_the_eval_dataset(tmp_path, tiny_model_path):
+    from grace_trl.commands.train import parse_args, run
+
+    folder = _split_folder(tmp_path)
+    common = ["--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false", "--report_to", "none"]
+    assert parse_args(common)[0].dataset_test_split is None  # no eval dataset unless asked for
+    args = parse_args(["--dataset_name", str(folder), "--dataset_test_split", "test", "--model_name_or_path",
+                       tiny_model_path, "--max_steps", "1", "--num_generations", "2", "--per_device_train_batch_size",
+                       "2", "--per_device_eval_batch_size", "2", "--max_completion_length", "4",
+                       "--eval_strategy", "steps", "--eval_steps", "1", *common])
+    trainer = run(*args)
+    assert trainer.train_dataset["query"] == [f"query {i}" for i in range(4)]
+    assert trainer.eval_dataset["query"] == ["held-out query"]
+    assert any("eval_reward" in record for record in trainer.state.log_history)
+
+
+def test_dataset_test_split_errors_are_one_line(tmp_path, capsys):
+    folder = _split_folder(tmp_path)
+    common = ["--use_cpu", "true", "--output_dir", str(tmp_path / "out"), "--eval_strategy", "steps"]
+    assert main(["train", "--dataset_name", str(folder), "--dataset_test_split", "validation", *common]) == 2
+    assert _error_line(capsys) == (f"grace-trl train: error: {folder} has no split 'validation'; "
+                                   "its splits are ['train', 'test']")
+    one_file = folder / "train.csv"
+    assert main(["train", "--dataset_name", str(one_file), "--dataset_test_split", "test", *common]) == 2
+    assert _error_line(capsys) == (f"grace-trl train: error: {one_file} has no split 'test'; its splits are "
+                                   "['train'] (a single file is one split; pass a folder with train and test files)")
+    assert main(["train", "--dataset_name", str(folder), "--dataset_test_split", "test", "--use_cpu", "true",
+                 "--output_dir", str(tmp_path / "out")]) == 2
+    assert _error_line(capsys) == ("grace-trl train: error: dataset_test_split 'test' is only evaluated with "
+                                   "eval_strategy 'steps' or 'epoch'; add e.g. --eval_strategy steps --eval_steps 50")

@@ -74,18 +74,21 @@ def test_bad_rows_name_the_line(tmp_path):
         load_banking77(tmp_path)
 
 
-def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, tmp_path):
+def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, tmp_path, caplog):
+    import logging
+
     import mteb
     from mteb.results import TaskResult
 
     from grace_trl.commands.eval import main
 
     out = tmp_path / "eval"
-    rc = main(["--model", f"tiny={tiny_model_path}", "--with-and-without-rationale", "--tasks",
-               "STSBenchmark,SciFact,Banking77", "--limit", "6", "--scifact-distractors", "6",
-               "--samples-per-label", "1",
-               "--max-new-tokens", "2", "--batch-size", "32", "--samples", "2", "--data-dir", str(shared_data),
-               "--output-dir", str(out)])
+    args = ["--model", f"tiny={tiny_model_path}", "--with-and-without-rationale", "--tasks",
+            "STSBenchmark,SciFact,Banking77", "--limit", "6", "--scifact-distractors", "6",
+            "--samples-per-label", "1",
+            "--max-new-tokens", "2", "--batch-size", "32", "--samples", "2", "--data-dir", str(shared_data),
+            "--output-dir", str(out)]
+    rc = main(args)
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert [m["label"] for m in results["models"]] == ["tiny (no rationale)", "tiny (rationale)"]
@@ -110,6 +113,25 @@ def test_eval_cli_tiny_model_writes_mteb_results(tiny_model_path, shared_data, t
     assert "Sample STS pairs" in (out / "report.html").read_text()
     assert len(results["samples"]["tiny (rationale)"]) == 2
     assert isinstance(mteb.ResultCache(out / "mteb"), mteb.ResultCache)
+    # n and a 95% bootstrap interval per score, recomputed from mteb's saved predictions
+    units = {"STSBenchmark": "pairs", "SciFact": "queries", "Banking77Classification": "examples"}
+    for task in results["tasks"]:
+        assert (task["n"], task["unit"]) == (6, units[task["name"]])
+        for label, score in task["scores"].items():
+            interval = task["intervals"][label]
+            assert interval["score"] == pytest.approx(score, abs=1e-5)  # the statistic mteb reports (5 decimals)
+            assert interval["low"] <= interval["score"] <= interval["high"]
+    page = (out / "report.html").read_text()
+    assert "n = 6 pairs" in page and "n = 6 queries" in page and "n = 6 examples" in page
+    assert "95% interval" in page
+    # a repeated evaluation reads mteb's embedding cache instead of encoding again
+    assert sorted(p.name for p in (out / "embedding_cache").rglob("*.npy"))
+    before = json.loads((out / "results.json").read_text())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mteb"):
+        assert main(args) == 0
+    assert "All items found in cache" in caplog.text and "new items" not in caplog.text
+    assert json.loads((out / "results.json").read_text())["tasks"] == before["tasks"]
 
 
 def test_eval_cli_rejects_bad_arguments(capsys):
@@ -215,6 +237,69 @@ def test_html_report_shows_settings_override_and_truncation():
     assert "<td><code>out/b</code></td><td>False</td><td></td>" in page
     assert "Think &lt;briefly&gt;." in page and "System prompt override" in page
     assert page.count("truncated: hit max_new_tokens") == 1
+
+
+def test_score_intervals_bootstrap_the_items():
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from grace_trl.evaluation.stats import mean_interval, spearman_interval
+
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 300)
+    cos = gold + rng.normal(0, 2.0, 300)
+    r = spearman_interval(cos, gold, n_resamples=500)
+    assert r.n == 300 and r.unit == "pairs" and r.score == pytest.approx(spearmanr(cos, gold).statistic)
+    assert r.low < r.score < r.high and 0.05 < r.high - r.low < 0.3
+    wide = spearman_interval(cos[:30], gold[:30], n_resamples=500)
+    assert wide.high - wide.low > r.high - r.low  # fewer pairs, wider interval
+    hits = mean_interval(rng.random(400) < 0.7, "examples", n_resamples=500)
+    assert hits.n == 400 and hits.low < hits.score < hits.high and hits.low > 0.6 and hits.high < 0.8
+    with pytest.raises(ValueError, match="one value per pair"):
+        spearman_interval(cos, gold[:-1])
+
+
+def _report_results():
+    return {
+        "models": [{"label": "a", "path": "out/a", "settings": {}}, {"label": "b", "path": "out/b", "settings": {}}],
+        "tasks": [{"name": "STSBenchmark", "type": "STS", "main_score": "cosine_spearman", "reduced": False,
+                   "scores": {"a": 0.5, "b": 0.4}, "n": 1379, "unit": "pairs",
+                   "intervals": {"a": {"score": 0.5, "low": 0.4512, "high": 0.5531},
+                                 "b": {"score": 0.4, "low": 0.35, "high": 0.45}}},
+                  {"name": "SciFact", "type": "Retrieval", "main_score": "ndcg_at_10", "reduced": False,
+                   "scores": {"a": 0.6, "b": 0.7}, "n": 300, "unit": "queries",
+                   "intervals": {"a": {"score": 0.6, "low": 0.55, "high": 0.65},
+                                 "b": {"score": 0.7, "low": 0.66, "high": 0.74}}}],
+    }
+
+
+def test_html_report_shows_n_and_intervals():
+    from grace_trl.evaluation.report import html_report, markdown_tables
+
+    page = html_report(_report_results(), None)
+    assert "n = 1,379 pairs" in page and "n = 300 queries" in page
+    assert "45.12 – 55.31" in page  # the interval under the score, ×100 like the score
+    assert "95% interval" in page and "scipy.stats.bootstrap" in page
+    md = markdown_tables(_report_results())
+    assert "n = 1,379 pairs" in md and "50.00 (45.12 – 55.31)" in md
+
+
+def test_plot_legend_does_not_cover_bars():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from grace_trl.evaluation.report import bar_plot
+
+    results = _report_results()
+    results["models"] += [{"label": f"model {i}", "path": "x", "settings": {}} for i in range(4)]
+    fig = bar_plot(results)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(ax.get_window_extent(renderer))  # outside the axes: no bar can be under it
+    for bar in ax.patches:
+        assert not legend.overlaps(bar.get_window_extent(renderer))
 
 
 def test_eval_checks_task_data_before_loading_a_model(tmp_path, capsys):

@@ -81,3 +81,32 @@ def test_model_meta_for_a_hub_id_loads_the_cached_snapshot(checkpoint, tmp_path,
 
     with pytest.raises(LocalEntryNotFoundError, match="Cannot find an appropriate cached snapshot"):
         grace_model_meta("grace-org/missing", use_rationale=False).load_model(device="cpu")
+
+
+def test_second_evaluation_reads_mteb_embedding_cache(checkpoint, shared_data, tmp_path):
+    """mteb's CachedEmbeddingWrapper around the encoder: a repeated evaluation runs no forward pass."""
+    import mteb
+    from mteb.models.cache_wrappers import CachedEmbeddingWrapper
+
+    from grace_trl.evaluation.mteb_wrapper import GRACEMTEBEncoder, with_embedding_cache
+    from grace_trl.evaluation.tasks import get_local_task
+
+    model = GRACEMTEBEncoder.from_pretrained(str(checkpoint), use_rationale=True, device="cpu")
+    forwards = []
+    model.encoder.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+
+    def evaluate(wrapped):
+        task = get_local_task("STSBenchmark", data_dir=shared_data, limit=6)
+        (result,) = mteb.evaluate(wrapped, [task], cache=None).task_results
+        return result.get_score()
+
+    first = evaluate(with_embedding_cache(model, tmp_path / "emb"))
+    assert forwards, "the first evaluation must run the model"
+    forwards.clear()
+    cached = with_embedding_cache(model, tmp_path / "emb")  # a new wrapper: the vectors come from disk
+    assert isinstance(cached, CachedEmbeddingWrapper)
+    assert evaluate(cached) == first and not forwards
+    # other GRACE settings for the same weights are another cache folder, not a stale hit
+    model.encoder.settings.pooling = "last"
+    evaluate(with_embedding_cache(model, tmp_path / "emb"))
+    assert forwards

@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="Folder holding STSBenchmark/, SciFact/, Banking77Classification/.")
     p.add_argument("--cache-dir", default=None, help="Rationale cache (default OUTPUT_DIR/rationale_cache).")
+    p.add_argument("--embedding-cache-dir", default=None,
+                   help="mteb's embedding cache for the causal LMs (default OUTPUT_DIR/embedding_cache): a repeated "
+                        "evaluation with the same weights and settings reads the vectors instead of encoding.")
+    p.add_argument("--no-embedding-cache", action="store_true", help="Encode every text again.")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default=BACKENDS[0], choices=BACKENDS)
     p.add_argument("--threads", type=int, default=None,

@@ -30,6 +30,9 @@ class ScriptArguments:
     dataset_train_split: str = field(default="train", metadata={
         "help": "Split to train on (TRL's name; --dataset_split is accepted too).",
         "aliases": ["--dataset_split", "--dataset-split"]})
+    dataset_test_split: str | None = field(default=None, metadata={
+        "help": "Split to evaluate on at eval_strategy (TRL's name), e.g. 'test' of a Hub dataset or of a local "
+                "folder holding train.csv and test.csv. Default: no eval dataset."})
     column_mapping: str | None = field(default=None, metadata={
         "help": "e.g. 'query=sent0,positive=sent1,negatives=hard_neg' or 'text=sentence'; "
                 "'+' joins negative columns."})
@@ -109,17 +112,40 @@ def parse_args(argv=None):
         raise UsageError(" ".join(str(err).split())) from err
 
 
+def check_test_split(script_args: ScriptArguments, training_args: GRACEConfig) -> None:
+    """A test split asked for is evaluated, so a run without evaluation would ignore it silently: refuse that."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    from ..cli_args import UsageError
+
+    if script_args.dataset_test_split is not None and training_args.eval_strategy == IntervalStrategy.NO:
+        raise UsageError(f"dataset_test_split {script_args.dataset_test_split!r} is only evaluated with "
+                         "eval_strategy 'steps' or 'epoch'; add e.g. --eval_strategy steps --eval_steps 50")
+
+
+def load_datasets(script_args: ScriptArguments, training_args: GRACEConfig):
+    """(train dataset, eval dataset or None) from ``dataset_train_split`` and ``dataset_test_split``."""
+    def load(split: str, limit: int | None):
+        return load_grace_dataset(
+            script_args.dataset_name, mode=training_args.mode, column_mapping=script_args.column_mapping,
+            split=split, dataset_config=script_args.dataset_config,
+            num_negatives=training_args.num_negatives if training_args.mode == "supervised" else None, limit=limit)
+
+    train = load(script_args.dataset_train_split, script_args.max_train_samples)
+    test = script_args.dataset_test_split
+    return train, (load(test, None) if test is not None else None)
+
+
 def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: ModelConfig):
     from ..trainer import GRACETrainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    check_test_split(script_args, training_args)
     checkpoint = _check_output_dir(training_args)
-    dataset = load_grace_dataset(
-        script_args.dataset_name, mode=training_args.mode, column_mapping=script_args.column_mapping,
-        split=script_args.dataset_train_split, dataset_config=script_args.dataset_config,
-        num_negatives=training_args.num_negatives if training_args.mode == "supervised" else None,
-        limit=script_args.max_train_samples)
+    dataset, eval_dataset = load_datasets(script_args, training_args)
     logger.info("training rows: %d (%s, mode=%s)", len(dataset), script_args.dataset_name, training_args.mode)
+    if eval_dataset is not None:
+        logger.info("eval rows: %d (split %s)", len(eval_dataset), script_args.dataset_test_split)
     model_name = resolve_model_name(model_args.model_name_or_path or "smollm2-135m")
     init_kwargs = dict(training_args.model_init_kwargs or {})
     if model_args.dtype and "dtype" not in init_kwargs:
@@ -132,6 +158,7 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
         reward_funcs=list(script_args.reward_funcs),
         args=training_args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -192,3 +192,27 @@ def grace_model_meta(name_or_path: str, *, use_rationale: bool = True, max_new_t
         training_datasets=None,
         experiment_kwargs=experiment,
     )
+
+
+def with_embedding_cache(model: GRACEMTEBEncoder, cache_dir: str | os.PathLike):
+    """mteb's own ``CachedEmbeddingWrapper`` around a GRACE encoder, in a folder per model, weights and settings.
+
+    mteb keys a cached vector by task, prompt type, ``experiment_kwargs`` (rationale, max_new_tokens, ...) and
+    the input item only; the folder adds what else changes a vector: the weights (the revision is the encoder's
+    weight fingerprint) and the GRACE settings (system prompt, pooling, chat template kwargs). It sits beside the
+    rationale cache, which saves generation when the same texts are embedded under other settings.
+    """
+    import dataclasses
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from mteb.models.cache_wrappers import CachedEmbeddingWrapper
+
+    meta = model.mteb_model_meta
+    settings = {**dataclasses.asdict(model.encoder.settings), "backend": model.encoder.backend_name}
+    if model.system_prompt is not _UNSET:  # the wrapper's override, which encode() uses instead
+        settings["system_prompt"] = model.system_prompt
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    path = Path(cache_dir) / meta.model_name_as_path() / (meta.revision or "no_revision") / f"settings_{digest}"
+    return CachedEmbeddingWrapper(model, path)

@@ -20,6 +20,23 @@ def _fmt(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
 
+def _interval(task: dict, label: str) -> str:
+    """``45.12 – 55.31`` (×100 like the score), or "" where the task has no interval."""
+    ci = (task.get("intervals") or {}).get(label) or {}
+    if ci.get("low") is None or ci.get("high") is None:
+        return ""
+    return f"{_fmt(ci['low'])} – {_fmt(ci['high'])}"
+
+
+def _n(task: dict) -> str:
+    return f"n = {task['n']:,} {task['unit']}" if task.get("n") else "n = ?"
+
+
+INTERVAL_NOTE = ("95% interval: percentile bootstrap over the task's pairs / queries / examples "
+                 "(scipy.stats.bootstrap, 2,000 resamples); Banking77's classifiers stay fixed, so its interval is "
+                 "over test examples only.")
+
+
 def task_label(task: dict) -> str:
     return f"{task['name']}*" if task.get("reduced") else task["name"]
 
@@ -49,10 +66,17 @@ def categories(results: dict) -> list[str]:
 def markdown_tables(results: dict) -> str:
     labels = [m["label"] for m in results["models"]]
     lines = ["### Scores per task (main score × 100)", ""]
-    lines.append("| model | " + " | ".join(f"{task_label(t)} ({t['main_score']})" for t in results["tasks"]) + " |")
+    lines.append("| model | " + " | ".join(f"{task_label(t)} ({t['main_score']}, {_n(t)})"
+                                           for t in results["tasks"]) + " |")
     lines.append("|---" * (len(results["tasks"]) + 1) + "|")
     for label in labels:
-        lines.append(f"| {label} | " + " | ".join(_fmt(t["scores"].get(label)) for t in results["tasks"]) + " |")
+        cells = []
+        for t in results["tasks"]:
+            ci = _interval(t, label)
+            cells.append(_fmt(t["scores"].get(label)) + (f" ({ci})" if ci else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if any(t.get("intervals") for t in results["tasks"]):
+        lines += ["", "In brackets: " + INTERVAL_NOTE]
     cats = categories(results)
     cat = category_scores(results)
     lines += ["", "### Scores per category (mean of tasks; Avg = mean of categories)", ""]
@@ -111,10 +135,8 @@ def text_table(results: dict) -> str:
     return "\n".join(out)
 
 
-def bar_plot_png(results: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def bar_plot(results: dict):
+    """The category scores as grouped bars; the legend sits below the axes, where it cannot cover a bar."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -136,6 +158,16 @@ def bar_plot_png(results: dict) -> bytes:
     # below the axes, so no legend box hides a bar
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(len(labels), 3), frameon=False)
     fig.tight_layout()
+    return fig
+
+
+def bar_plot_png(results: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = bar_plot(results)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -157,11 +189,18 @@ def html_report(results: dict, png: bytes | None) -> str:
                      f"<pre class='rat'>{e(results['system_prompt_override'] or '(none)')}</pre>")
     labels = [m["label"] for m in results["models"]]
     parts.append("<h2>Per task</h2><table><tr><th>model</th>" + "".join(
-        f"<th>{e(task_label(t))}<br><small>{e(t['main_score'])}</small></th>" for t in results["tasks"]) + "</tr>")
+        f"<th>{e(task_label(t))}<br><small>{e(t['main_score'])}, {e(_n(t))}</small></th>"
+        for t in results["tasks"]) + "</tr>")
     for label in labels:
-        parts.append(f"<tr><td>{e(label)}</td>" + "".join(
-            f"<td class='num'>{_fmt(t['scores'].get(label))}</td>" for t in results["tasks"]) + "</tr>")
+        cells = []
+        for t in results["tasks"]:
+            ci = _interval(t, label)
+            ci_html = f"<br><small class='ci'>{e(ci)}</small>" if ci else ""
+            cells.append(f"<td class='num'>{_fmt(t['scores'].get(label))}{ci_html}</td>")
+        parts.append(f"<tr><td>{e(label)}</td>{''.join(cells)}</tr>")
     parts.append("</table>")
+    if any(t.get("intervals") for t in results["tasks"]):
+        parts.append(f"<p><small>Under each score: its {e(INTERVAL_NOTE)}</small></p>")
     cats = categories(results) + ["Avg"]
     cat = category_scores(results)
     header = "".join(f"<th>{e(c)}</th>" for c in cats)

@@ -3,6 +3,9 @@
 :func:`run_evaluation` embeds every planned run (:func:`plan_runs`) through mteb and returns the
 results that :mod:`grace_trl.evaluation.report` writes; the command line lives in
 :mod:`grace_trl.commands.eval`.
+
+Embeddings are cached with mteb's ``CachedEmbeddingWrapper`` (``OUT/embedding_cache``), rationales in
+``OUT/rationale_cache``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +129,7 @@ def run_evaluation(args) -> dict:
     import mteb
 
     from ..encoder import GRACEEncoder
-    from .mteb_wrapper import GRACEMTEBEncoder
+    from .mteb_wrapper import GRACEMTEBEncoder, with_embedding_cache
 
     if args.threads:
         import torch
@@ -137,6 +141,7 @@ def run_evaluation(args) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = args.cache_dir or str(out / "rationale_cache")
+    embedding_cache_dir = args.embedding_cache_dir or str(out / "embedding_cache")
     result_cache = mteb.ResultCache(out / "mteb")
     encode_kwargs = {"batch_size": args.batch_size, "show_progress_bar": True}
 
@@ -167,24 +172,35 @@ def run_evaluation(args) -> dict:
                 prompt_kwargs["system_prompt"] = system_prompt
                 # keeps mteb's result folders apart from runs with the checkpoint's prompt
                 experiment["system_prompt"] = hashlib.sha256((system_prompt or "").encode()).hexdigest()[:10]
-            evaluated = GRACEMTEBEncoder(encoder, use_rationale=run.use_rationale, max_new_tokens=args.max_new_tokens,
-                                         name=run.path, experiment_kwargs=experiment, **prompt_kwargs)
+            grace_model = GRACEMTEBEncoder(encoder, use_rationale=run.use_rationale,
+                                           max_new_tokens=args.max_new_tokens, name=run.path,
+                                           experiment_kwargs=experiment, **prompt_kwargs)
+            evaluated = grace_model if args.no_embedding_cache else with_embedding_cache(grace_model,
+                                                                                          embedding_cache_dir)
             used_prompt = system_prompt if override_prompt else encoder.settings.system_prompt
             run.settings.update({"rationale": run.use_rationale, "pooling": encoder.settings.pooling,
                                  "system_prompt": ("override" if override_prompt else "checkpoint")
                                  if used_prompt else None})
             if run.use_rationale:
-                run.settings["max_new_tokens"] = evaluated.max_new_tokens
+                run.settings["max_new_tokens"] = grace_model.max_new_tokens
+        predictions = out / "predictions" / hashlib.sha256(run.label.encode()).hexdigest()[:12]
         result = mteb.evaluate(evaluated, task_objs, cache=result_cache, overwrite_strategy="always",
-                               encode_kwargs=dict(encode_kwargs))
+                               encode_kwargs=dict(encode_kwargs), prediction_folder=predictions)
         for task, tr in zip(task_objs, result.task_results):
             info = tasks_info.setdefault(tr.task_name, {
                 "name": tr.task_name, "type": task.metadata.type, "main_score": task.metadata.main_score,
-                "reduced": task.reduced, "reduction": task.reduction, "scores": {}})
+                "reduced": getattr(task, "reduced", False), "reduction": getattr(task, "reduction", {}),
+                "scores": {}, "n": None, "unit": None, "intervals": {}})
             info["scores"][run.label] = float(tr.get_score())
+            interval = score_interval(task, predictions / task.prediction_file_name, seed=args.seed)
+            if interval is not None:
+                info.update(n=interval.n, unit=interval.unit)
+                info["intervals"][run.label] = {
+                    key: (None if math.isnan(v) else v) for key, v in
+                    (("score", interval.score), ("low", interval.low), ("high", interval.high))}
         models_info.append({"label": run.label, "path": run.path, "kind": run.kind, "settings": run.settings})
         if run.kind == "grace" and run.use_rationale and args.samples > 0 and "STSBenchmark" in task_names:
-            samples[run.label] = sts_samples(loaded[run.path], args, evaluated.max_new_tokens, **prompt_kwargs)
+            samples[run.label] = sts_samples(loaded[run.path], args, grace_model.max_new_tokens, **prompt_kwargs)
         if args.generation_check and run.path not in checked_paths:
             checked_paths.add(run.path)
             generation[run.base_label or run.label] = _generation_check(run, loaded.get(run.path), args)
@@ -202,6 +218,48 @@ def run_evaluation(args) -> dict:
         "mteb_results_dir": str(out / "mteb" / "results"),
     }
     return results
+
+
+def score_interval(task, prediction_file: Path, n_resamples: int = 2000, seed: int = 42):
+    """n and a 95% bootstrap interval of the task's main score, from the predictions mteb saved.
+
+    STS: Spearman over resampled pairs; retrieval: mean nDCG@k over resampled queries (per query by mteb's
+    own scorer); classification: accuracy over resampled test examples, averaged over mteb's experiments (the
+    classifiers' training samples stay fixed). Returns None for other tasks, other main scores, and tasks
+    with several subsets or splits, whose main score is an average over them.
+    """
+    import json
+
+    from .stats import mean_interval, spearman_interval
+
+    predictions = json.loads(prediction_file.read_text(encoding="utf-8"))
+    parts = [(subset, split) for subset, splits in predictions.items() if subset != "mteb_model_meta"
+             for split in splits]
+    if len(parts) != 1:
+        return None
+    subset, split = parts[0]
+    pred = predictions[subset][split]
+    if not task.data_loaded:
+        task.load_data()
+    data = task.dataset[split] if subset == "default" and subset not in task.dataset else task.dataset[subset][split]
+    kind, main = task.metadata.type, task.metadata.main_score
+    if kind == "STS" and main == "cosine_spearman":
+        return spearman_interval(pred["cosine_scores"], data["score"], n_resamples=n_resamples, seed=seed)
+    if kind == "Retrieval" and main.startswith("ndcg_at_"):
+        from mteb._evaluators.retrieval_metrics import calculate_retrieval_scores
+
+        k = int(main.removeprefix("ndcg_at_"))
+        per_query = calculate_retrieval_scores(pred, data["relevant_docs"], [k]).all_scores
+        return mean_interval([q[f"ndcg_cut_{k}"] for q in per_query.values()], "queries", n_resamples, seed)
+    if kind == "Classification" and main == "accuracy" and isinstance(pred, list) and pred:
+        import numpy as np
+
+        gold = np.asarray(data[task.label_column_name])
+        if any(len(p) != len(gold) for p in pred):  # cross-validated folds: not one prediction per test example
+            return None
+        correct = np.mean([np.asarray(p) == gold for p in pred], axis=0)  # per example, over experiments
+        return mean_interval(correct, "examples", n_resamples, seed)
+    return None
 
 
 def sts_samples(encoder, args, max_new_tokens: int, **prompt_kwargs) -> list[dict]:

@@ -50,3 +50,51 @@ def paired_spearman_difference(cos_a, cos_b, gold, n_resamples: int = 2000, seed
                             low=float(res.confidence_interval.low), high=float(res.confidence_interval.high),
                             p_not_better=float(np.mean(dist[np.isfinite(dist)] <= 0)),
                             confidence_level=confidence_level)
+
+
+@dataclass(frozen=True)
+class ScoreInterval:
+    """A task's main score over ``n`` items (pairs, queries, examples) and its bootstrap interval (0-1 scale)."""
+
+    n: int
+    unit: str
+    score: float
+    low: float
+    high: float
+    confidence_level: float
+
+
+def _interval(data: tuple, statistic, n: int, unit: str, score: float, n_resamples: int, seed: int,
+              confidence_level: float, paired: bool, vectorized: bool) -> ScoreInterval:
+    from scipy.stats import bootstrap
+
+    if n < 3:
+        raise ValueError(f"a bootstrap over {n} {unit} says nothing; need at least 3")
+    res = bootstrap(data, statistic, paired=paired, vectorized=vectorized, n_resamples=n_resamples,
+                    confidence_level=confidence_level, method="percentile", rng=np.random.default_rng(seed))
+    return ScoreInterval(n=n, unit=unit, score=float(score), low=float(res.confidence_interval.low),
+                         high=float(res.confidence_interval.high), confidence_level=confidence_level)
+
+
+def spearman_interval(predicted, gold, n_resamples: int = 2000, seed: int = 42,
+                      confidence_level: float = 0.95) -> ScoreInterval:
+    """Spearman of ``predicted`` against ``gold`` with a percentile interval over resampled pairs (paired)."""
+    from scipy.stats import spearmanr
+
+    predicted, gold = np.asarray(predicted, dtype=float), np.asarray(gold, dtype=float)
+    if len(predicted) != len(gold):
+        raise ValueError(f"predicted and gold must be one value per pair, got {len(predicted)} and {len(gold)}")
+
+    def spearman(p, g):
+        return spearmanr(p, g).statistic
+
+    return _interval((predicted, gold), spearman, len(gold), "pairs", spearman(predicted, gold), n_resamples, seed,
+                     confidence_level, paired=True, vectorized=False)
+
+
+def mean_interval(values, unit: str, n_resamples: int = 2000, seed: int = 42,
+                  confidence_level: float = 0.95) -> ScoreInterval:
+    """Mean of per-item scores (a query's nDCG, an example's accuracy) with a percentile bootstrap interval."""
+    values = np.asarray(values, dtype=float)
+    return _interval((values,), np.mean, len(values), unit, values.mean(), n_resamples, seed, confidence_level,
+                     paired=False, vectorized=True)
