@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from contextlib import nullcontext
 from typing import Sequence
@@ -594,10 +595,22 @@ class GRACETrainer(GRPOTrainer):
 
     def _card_training_summary(self) -> dict:
         args = self.args
-        return {"global_step": self.state.global_step, "mode": args.mode, "num_generations": args.num_generations,
-                "learning_rate": args.learning_rate, "max_completion_length": args.max_completion_length,
-                "reward_variant": args.reward_variant, "lambda_consistency": args.lambda_consistency,
-                "lambda_cross": args.lambda_cross, "tau": args.tau}
+        summary = {"global_step": self.state.global_step, "mode": args.mode, "num_generations": args.num_generations,
+                   "learning_rate": args.learning_rate, "max_completion_length": args.max_completion_length,
+                   "reward_variant": args.reward_variant, "lambda_consistency": args.lambda_consistency,
+                   "lambda_cross": args.lambda_cross, "tau": args.tau}
+        return {**summary, **self._card_dev_scores()}
+
+    def _card_dev_scores(self) -> dict:
+        """The embedding evaluator's main scores, first and last evaluation: the card says whether training helped."""
+        evals = [h for h in self.state.log_history if any(k.startswith("eval_") for k in h)]
+        keys = [k for k in (evals[-1] if evals else {}) if re.fullmatch(r"eval_\w*(spearman|ndcg_at_\d+)", k)]
+        out = {}
+        for key in keys:
+            points = [(h["step"], h[key]) for h in evals if key in h]
+            (s0, v0), (s1, v1) = points[0], points[-1]
+            out[f"dev {key}"] = f"{v0:.2f} (step {s0})" + (f" → {v1:.2f} (step {s1})" if s1 != s0 else "")
+        return out
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the checkpoint plus ``grace_config.json`` so an encoder embeds exactly as training did.
