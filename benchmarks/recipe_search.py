@@ -36,44 +36,48 @@ RESULTS = ROOT / "benchmarks" / "results"
 BASE_RECIPE = ROOT / "recipes" / "smollm2-135m" / "sup_cpu.yaml"
 CACHE = ROOT / "outputs" / "rationale_cache"
 
-# name -> (recipe, overrides). Overrides are CLI flags of ``grace-trl train``.
-# Overrides are on top of recipes/smollm2-135m/sup_cpu.yaml *as it is now* (the chosen recipe: lr 2e-5,
-# steps_per_generation 4, contrastive_weight 1.0), so every row that predates the choice spells out the
-# values it used; the results table keeps each row's overrides as they were run.
+# name -> (recipe, overrides). Overrides are CLI flags of ``grace-trl train``, on top of the recipe file *as it is
+# now*. hybrid_cpu.yaml is the earlier CPU default (GRACE + InfoNCE, lr 2e-5, steps_per_generation 4,
+# contrastive_weight 1.0, 300 triples); sup_cpu.yaml is pure GRACE on the 6,337 SNLI triples. Rows that predate
+# a recipe's current values spell out the values they used; the results table keeps each row's overrides as run.
 PRE_SEARCH = {"steps_per_generation": 1, "learning_rate": 5e-6, "contrastive_weight": 0.0}
 RL_ONLY = {"steps_per_generation": 4, "learning_rate": 2e-5, "contrastive_weight": 0.0}
 CONFIGS: dict[str, tuple[str, dict]] = {
-    # the recipe as it stood before the search (lr 5e-6, 2 groups x G=4 per step, 1 update per generation)
-    "default": ("sup_cpu.yaml", PRE_SEARCH),
+    # the CPU recipe as it stood before the first search (lr 5e-6, 2 groups x G=4 per step, 1 update per generation)
+    "default": ("hybrid_cpu.yaml", PRE_SEARCH),
     # 4 updates per generation (reference schedule) with 8 groups generated at once
-    "spg4_lr5e6": ("sup_cpu.yaml", {**RL_ONLY, "learning_rate": 5e-6}),
-    "spg4_lr2e5": ("sup_cpu.yaml", RL_ONLY),
-    "spg4_lr5e5": ("sup_cpu.yaml", {**RL_ONLY, "learning_rate": 5e-5}),
+    "spg4_lr5e6": ("hybrid_cpu.yaml", {**RL_ONLY, "learning_rate": 5e-6}),
+    "spg4_lr2e5": ("hybrid_cpu.yaml", RL_ONLY),
+    "spg4_lr5e5": ("hybrid_cpu.yaml", {**RL_ONLY, "learning_rate": 5e-5}),
     # + auxiliary InfoNCE on the rollouts' pooled hidden states
-    "spg4_lr2e5_cl0.1": ("sup_cpu.yaml", {**RL_ONLY, "contrastive_weight": 0.1}),
-    "spg4_lr2e5_cl1": ("sup_cpu.yaml", {**RL_ONLY, "contrastive_weight": 1.0}),
+    "spg4_lr2e5_cl0.1": ("hybrid_cpu.yaml", {**RL_ONLY, "contrastive_weight": 0.1}),
+    "spg4_lr2e5_cl1": ("hybrid_cpu.yaml", {**RL_ONLY, "contrastive_weight": 1.0}),
     # InfoNCE only: no policy-gradient signal (all rewards equal -> zero advantages)
-    "spg4_lr2e5_cl1_noRL": ("sup_cpu.yaml", {**RL_ONLY, "contrastive_weight": 1.0, "tau": 1e6,
-                                             "truncation_penalty": 0.0}),
-    # the chosen recipe unchanged (run with --minutes 45 for the full-budget confirmation)
-    "chosen": ("sup_cpu.yaml", {}),
-    # variations of the chosen recipe
-    "chosen_len32": ("sup_cpu.yaml", {"max_completion_length": 32}),
-    "chosen_G8": ("sup_cpu.yaml", {"num_generations": 8}),
-    "chosen_paper": ("sup_cpu.yaml", {"reward_variant": "paper"}),
-    "chosen_lora_lr2e4": ("sup_cpu.yaml", {"learning_rate": 2e-4, "use_peft": True, "lora_r": 16,
-                                           "lora_alpha": 32, "lora_target_modules": "all-linear"}),
-    # RL-only variations
-    "spg4_lr2e5_len32": ("sup_cpu.yaml", {**RL_ONLY, "max_completion_length": 32}),
-    "spg4_lr2e5_G8": ("sup_cpu.yaml", {**RL_ONLY, "num_generations": 8}),
-    "spg4_lr2e5_paper": ("sup_cpu.yaml", {**RL_ONLY, "reward_variant": "paper"}),
+    "spg4_lr2e5_cl1_noRL": ("hybrid_cpu.yaml", {**RL_ONLY, "contrastive_weight": 1.0, "tau": 1e6,
+                                                "truncation_penalty": 0.0}),
+    "hybrid": ("hybrid_cpu.yaml", {}),
+    # pure GRACE (sup_cpu.yaml: 6,337 triples, G=4, 16 rollouts per update, 4 updates per 64-rollout generation)
+    "pure_b16": ("sup_cpu.yaml", {}),
+    "pure_b8": ("sup_cpu.yaml", {"per_device_train_batch_size": 8}),
+    "pure_b32": ("sup_cpu.yaml", {"per_device_train_batch_size": 32}),
+    "pure_b16_spg8": ("sup_cpu.yaml", {"steps_per_generation": 8}),
+    "pure_b16_lr5e5": ("sup_cpu.yaml", {"learning_rate": 5e-5}),
+    "pure_b16_lr1e5": ("sup_cpu.yaml", {"learning_rate": 1e-5}),
+    "pure_b16_G8": ("sup_cpu.yaml", {"num_generations": 8}),
+    "pure_b16_len32": ("sup_cpu.yaml", {"max_completion_length": 32}),
+    "pure_b16_paper": ("sup_cpu.yaml", {"reward_variant": "paper"}),
+    "pure_b16_beta": ("sup_cpu.yaml", {"beta": 0.04}),
+    "pure_b16_lora_lr2e4": ("sup_cpu.yaml", {"learning_rate": 2e-4, "use_peft": True, "lora_r": 16,
+                                             "lora_alpha": 32, "lora_target_modules": "all-linear"}),
     # unsupervised (300 committed sentences)
     "unsup_spg4_lr2e5": ("unsup_cpu.yaml", {"steps_per_generation": 4, "learning_rate": 2e-5}),
 }
 
 FIELDS = ["name", "recipe", "overrides", "minutes_budget", "train_minutes", "steps", "rollouts",
           "dev_pairs", "dev_spearman_rationale", "dev_spearman_no_rationale", "dev_rationale_length",
-          "dev_truncation_rate", "last_reward", "last_margin", "peak_rss_mib", "finished_utc"]
+          "dev_truncation_rate", "last_reward", "last_margin", "peak_rss_mib", "finished_utc",
+          "rollouts_per_minute", "time_share", "gen_right", "gen_regressions", "perplexity", "perplexity_change",
+          "generation_kept"]
 
 
 def dev_scores(model_path: str, system_prompt: str | None, max_new_tokens: int, limit: int, cache: bool) -> dict:
@@ -96,28 +100,50 @@ def dev_scores(model_path: str, system_prompt: str | None, max_new_tokens: int, 
     return evaluator(encoder)
 
 
+def generation_row(model_path: str) -> dict:
+    """The generation check of a run's checkpoint against the base model (whose result is cached)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from generation_report import REFERENCE_CACHE, check_model, reference_result
+
+    from grace_trl.evaluation.generation_check import generation_kept
+
+    ref = reference_result("smollm2-135m", REFERENCE_CACHE)
+    r = check_model(model_path, reference=ref)
+    return {"gen_right": f"{r['n_correct']}/{r['n_questions']}",
+            "gen_regressions": f"{len(r['regressions'])}/{r['reference_correct']}",
+            "perplexity": fmt(r["perplexity"]), "perplexity_change": f"{100 * r['perplexity_change']:+.1f}%",
+            "generation_kept": "yes" if generation_kept(r) else "no"}
+
+
 def write_tables(rows: list[dict]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     md = ["# Recipe search (SmolLM2-135M, CPU, STS-B dev subset)", "",
           "Generated by `benchmarks/recipe_search.py`; dev split only (seeded subset, seed 0). "
           "Spearman x100 of cosine vs gold; rationale length in tokens; truncation = share of dev rationales "
           "cut at the length limit. Budget = wall clock on the shared 2-core machine (other jobs were running). "
-          "The first five rows ran on top of the CPU recipe as it stood before the search "
-          "(G=4, 2 groups per optimiser step, 64 tokens, brief prompt, token-mean loss, fused anchors, "
-          "`steps_per_generation` 1, lr 5e-6; `default` is that recipe unchanged). Later rows run on top of the "
-          "chosen recipe (`recipes/smollm2-135m/sup_cpu.yaml`: `steps_per_generation` 4, lr 2e-5, "
-          "`contrastive_weight` 1.0; `chosen` is that recipe unchanged) and their overrides spell out every "
-          "deviation from it. Dev evaluations during training are off unless the overrides say otherwise. "
-          "`tau=1e6 truncation_penalty=0` makes every reward ~0 (no policy-gradient signal): the InfoNCE term alone.",
+          "Each row names its recipe file and spells out every override against that file as it is now "
+          "(`hybrid_cpu.yaml`: the earlier CPU default, GRACE + InfoNCE on 300 triples; `sup_cpu.yaml`: pure GRACE "
+          "on 6,337 triples; `default` is the recipe as it stood before the first search). "
+          "Dev evaluations during training are off unless the overrides say otherwise. "
+          "`tau=1e6 truncation_penalty=0` makes every reward ~0 (no policy-gradient signal): the InfoNCE term alone. "
+          "rollouts/min and the time share (generation with fused anchors / scoring: embedding, rewards and TRL's "
+          "old log-probabilities / evaluation / training) come from the run's `timing.json`. Generation check: 60 "
+          "fixed questions with one-word answers (greedy); regressions = questions the base model answers right "
+          "and the run gets wrong; kept = at most 5% of those lost and perplexity within +2% of the base model's.",
           "",
-          "| name | overrides | budget min | train min | optimiser steps | rollouts generated "
-          "| dev Spearman (rationale) | dev Spearman (no rationale) "
-          "| rationale len | truncated | last reward | peak RSS MiB |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| name | recipe | overrides | budget min | train min | optimiser steps | rollouts generated "
+          "| rollouts/min | time share | dev Spearman (rationale) | dev Spearman (no rationale) "
+          "| rationale len | truncated | last reward | generation check: right, regressions, perplexity change, kept "
+          "| peak RSS MiB |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append("| {name} | `{overrides}` | {minutes_budget} | {train_minutes} | {steps} | {rollouts} | "
+        r = {k: (r.get(k) or "") for k in FIELDS}
+        gen = (f"{r['gen_right']}, {r['gen_regressions']} lost, {r['perplexity_change']}, {r['generation_kept']}"
+               if r["gen_right"] else "")
+        md.append("| {name} | {recipe} | `{overrides}` | {minutes_budget} | {train_minutes} | {steps} | {rollouts} | "
+                  "{rollouts_per_minute} | {time_share} | "
                   "{dev_spearman_rationale} | {dev_spearman_no_rationale} | {dev_rationale_length} | "
-                  "{dev_truncation_rate} | {last_reward} | {peak_rss_mib} |".format(**r))
+                  "{dev_truncation_rate} | {last_reward} | ".format(**r) + gen + " | {peak_rss_mib} |".format(**r))
     (RESULTS / "recipe_search.md").write_text("\n".join(md) + "\n")
 
 
@@ -163,6 +189,7 @@ def main(argv=None) -> int:
 
     if args.base:
         recipe = yaml.safe_load(BASE_RECIPE.read_text())
+        gen = generation_row("smollm2-135m")
         n_tok = args.max_new_tokens or recipe["max_completion_length"]
         start = time.time()
         s = dev_scores("smollm2-135m", recipe["system_prompt"], n_tok, args.dev_pairs, cache=True)
@@ -171,7 +198,8 @@ def main(argv=None) -> int:
                     "dev_pairs": args.dev_pairs, "dev_spearman_rationale": fmt(s["spearman"]),
                     "dev_spearman_no_rationale": fmt(s["spearman_no_rationale"]),
                     "dev_rationale_length": fmt(s.get("rationale_length"), 1),
-                    "dev_truncation_rate": fmt(s.get("truncation_rate")), "finished_utc": time.strftime("%H:%M")})
+                    "dev_truncation_rate": fmt(s.get("truncation_rate")), "finished_utc": time.strftime("%H:%M"),
+                    **gen})
         print(json.dumps(s), f"{time.time() - start:.0f}s")
     for name in args.run:
         recipe_file, overrides = CONFIGS[name]
@@ -180,7 +208,7 @@ def main(argv=None) -> int:
                "--output_dir", str(out), "--max_steps", "100000", "--save_strategy", "no",
                "--num_sample_rationales", "1", "--max_train_minutes", str(args.minutes)]
         if not args.eval_during_training:  # the budget is wall clock: evaluations would take training time
-            cmd += ["--eval_strategy", "no"]
+            cmd += ["--eval_strategy", "no", "--eval_on_start", "false"]
         else:
             overrides = {**overrides, "eval_strategy": "steps"}
         for k, v in overrides.items():
@@ -201,6 +229,8 @@ def main(argv=None) -> int:
         spg = int(overrides.get("steps_per_generation", recipe.get("steps_per_generation") or 1))
         n_tok = args.max_new_tokens or settings["max_new_tokens"]
         s = dev_scores(str(out), None, n_tok, args.dev_pairs, cache=False)
+        gen = generation_row(str(out))
+        timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else {}
         tail = curve[-10:]
         mean = lambda key: sum(float(r[key]) for r in tail if r.get(key)) / max(1, sum(1 for r in tail if r.get(key)))  # noqa: E731
         append_row({"name": name, "recipe": recipe_file,
@@ -213,8 +243,11 @@ def main(argv=None) -> int:
                     "dev_rationale_length": fmt(s.get("rationale_length"), 1),
                     "dev_truncation_rate": fmt(s.get("truncation_rate")),
                     "last_reward": fmt(mean("reward")), "last_margin": fmt(mean("grace/margin"), 3),
-                    "peak_rss_mib": f"{rss:.0f}", "finished_utc": time.strftime("%H:%M")})
-        print(name, json.dumps(s), flush=True)
+                    "peak_rss_mib": f"{rss:.0f}", "finished_utc": time.strftime("%H:%M"),
+                    "rollouts_per_minute": timing.get("rollouts_per_minute", ""),
+                    "time_share": " ".join(f"{k[:3]}={v:.2f}" for k, v in timing.get("share", {}).items()),
+                    **gen})
+        print(name, json.dumps(s), json.dumps(gen), flush=True)
     return 0
 
 

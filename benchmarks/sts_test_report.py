@@ -12,6 +12,7 @@ rationale - base without. Run it once per chosen recipe: selection happens on de
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -34,6 +35,16 @@ def embed(path: str, sentences: list[str], use_rationale: bool, system_prompt, m
     return out
 
 
+def _weights_stamp(path: str) -> list:
+    """Size and mtime of the folder's weight files: a retrained checkpoint in the same folder is another row."""
+    from grace_trl.aliases import resolve_model_name
+
+    folder = Path(resolve_model_name(path))
+    if not folder.is_dir():
+        return []
+    return sorted([f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in folder.glob("*.safetensors"))
+
+
 def main(argv=None) -> int:
     from grace_trl.evaluation.tasks import load_sts_benchmark
     from grace_trl.settings import GRACESettings
@@ -45,6 +56,10 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--cache-dir", default=str(ROOT / "outputs" / "rationale_cache"))
     p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--rows-cache", default=str(ROOT / "outputs" / "sts_test_rows"),
+                   help="per-pair cosines of each (model, prompt, length, rationale) row, reused by later reports "
+                        "(the base model's rows are the same for every checkpoint trained under one prompt)")
+    p.add_argument("--base-only", action="store_true", help="embed the base model's rows only (fills the cache)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "sts_test.json"))
     args = p.parse_args(argv)
 
@@ -60,12 +75,21 @@ def main(argv=None) -> int:
     right = np.array([index[b] for _, b, _ in pairs])
     gold = np.array([s for _, _, s in pairs])
     cos, rows = {}, {}
-    for label, path in (("base", args.base), ("grace", args.grace)):
+    models = (("base", args.base),) if args.base_only else (("base", args.base), ("grace", args.grace))
+    for label, path in models:
         for use_rationale in (False, True):
+            key = f"{label}, {'rationale' if use_rationale else 'no rationale'}"
+            ident = json.dumps([os.path.abspath(path) if os.path.isdir(path) else path, _weights_stamp(path),
+                                settings.system_prompt, settings.max_new_tokens, use_rationale, pairs])
+            cached = Path(args.rows_cache) / (hashlib.sha256(ident.encode()).hexdigest()[:24] + ".json")
+            if cached.exists():
+                entry = json.loads(cached.read_text())
+                cos[key], rows[key] = np.array(entry["cosines"]), entry["row"]
+                print(key, "(cached)", json.dumps(rows[key]), flush=True)
+                continue
             start = time.time()
             vecs, rats = embed(path, sentences, use_rationale, settings.system_prompt, settings.max_new_tokens,
                                args.cache_dir)
-            key = f"{label}, {'rationale' if use_rationale else 'no rationale'}"
             cos[key] = np.sum(vecs[left] * vecs[right], axis=1)
             rows[key] = {
                 "spearman": 100 * spearmanr(cos[key], gold).statistic,
@@ -73,7 +97,11 @@ def main(argv=None) -> int:
                 "truncation_rate": float(np.mean([r.truncated for r in rats])) if use_rationale else 0.0,
                 "seconds": round(time.time() - start, 1),
             }
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps({"cosines": cos[key].tolist(), "row": rows[key]}))
             print(key, json.dumps(rows[key]), flush=True)
+    if args.base_only:
+        return 0
 
     def diff(a, b):
         def stat(ca, cb, g):

@@ -94,6 +94,11 @@ class GRACEConfig(GRPOConfig):
             Folder holding `STSBenchmark/` and `SciFact/`.
         embedding_eval_without_rationale (`bool`, *optional*, defaults to `False`):
             Also score STS without the rationale (`eval_sts_spearman_no_rationale`).
+        embedding_eval_cache_dir (`str` or `None`, *optional*, defaults to `None`):
+            Rationale cache for the evaluation of the *untrained* policy (step 0, e.g. `eval_on_start`): its dev
+            rationales depend only on the starting weights, so a second run from the same model reads them
+            back instead of decoding them again. Default `<GRACE_TRL_CACHE or ~/.cache/grace_trl>/rationales`;
+            `"none"` turns it off. Entries are keyed by a content fingerprint of the weights and the prompt.
         max_train_minutes (`float` or `None`, *optional*, defaults to `None`):
             Wall-clock training budget: training stops (and saves) after the step that crosses it, whatever
             `max_steps` says. Makes recipes comparable by compute rather than by step count.
@@ -131,6 +136,9 @@ class GRACEConfig(GRPOConfig):
         "help": "Folder with STSBenchmark/ and SciFact/ (default $GRACE_TRL_DATA_DIR or ../shared/data)."})
     embedding_eval_without_rationale: bool = field(default=False, metadata={
         "help": "Also log the no-rationale STS score."})
+    embedding_eval_cache_dir: str | None = field(default=None, metadata={
+        "help": "Rationale cache for the untrained policy's evaluation (default ~/.cache/grace_trl/rationales; "
+                "'none' = off)."})
     max_train_minutes: float | None = field(default=None, metadata={
         "help": "Stop training after this many wall-clock minutes (the running step finishes)."})
 

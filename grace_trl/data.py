@@ -26,6 +26,8 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "data"
 SAMPLE_DATASETS = {
     "sample-nli": SAMPLE_DIR / "nli_sample.csv",
     "sample-sentences": SAMPLE_DIR / "sentences_sample.txt",
+    # the 6,337 distinct SNLI dev/test triples the samples are drawn from: enough rollouts for the pure-GRACE recipes
+    "snli-triples": SAMPLE_DIR / "nli_triples_snli.csv",
 }
 # supervised: (query, positive, negatives) rows; unsupervised: single texts (the mode decides the reward too)
 MODES = ("supervised", "unsupervised")

@@ -144,6 +144,9 @@ class GRACETrainer(GRPOTrainer):
         self._grace_rows = None  # rows of the generation batch being generated (for fused anchors)
         self._grace_fused_anchors = None  # anchor completions sampled with the rollouts
         self._grace_contrastive = None  # (anchor bank, group ids, content offsets) of the current batch
+        # where a run's time goes (written to output_dir/timing.json at the end of train())
+        self._grace_timing = dict.fromkeys(("generation_seconds", "generation_and_scoring_seconds",
+                                            "evaluation_seconds", "rollouts"), 0)
         if self.is_deepspeed_enabled and not args.ds3_gather_for_generation:
             ds_stage = self.accelerator.state.deepspeed_plugin.zero_stage
             if ds_stage == 3:
@@ -321,10 +324,15 @@ class GRACETrainer(GRPOTrainer):
     # ----------------------------------------------------- fused anchor generation
     def _generate_and_score_completions(self, inputs):
         self._grace_rows, self._grace_fused_anchors, self._grace_contrastive = inputs, None, None
+        start = time.perf_counter()
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._grace_rows = None
+        if self.model.training:
+            timing = self._grace_timing
+            timing["generation_and_scoring_seconds"] += time.perf_counter() - start
+            timing["rollouts"] += int(output["completion_ids"].shape[0]) * self.accelerator.num_processes
         if self.model.training:
             self._record_step_health(output)
         if self._grace_contrastive is not None:
@@ -348,6 +356,7 @@ class GRACETrainer(GRPOTrainer):
         if not self._can_fuse_anchors(images, multimodal_fields):
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  has_tool_images)
+        start = time.perf_counter()
         G = num_generations
         anchor_texts, _ = self._anchor_texts(self._grace_rows, G)
         anchor_ids = [self.prompt_encoder(t).input_ids for t in anchor_texts]
@@ -367,6 +376,8 @@ class GRACETrainer(GRPOTrainer):
                 generation_config=self.generation_config,
                 logits_processor=LogitsProcessorList([RowTemperature(temps, base_t)]))
         self._grace_fused_anchors = completions[len(prompt_ids):]
+        if self.model.training:
+            self._grace_timing["generation_seconds"] += time.perf_counter() - start
         return completions[: len(prompt_ids)], None
 
     # ------------------------------------------------------- auxiliary InfoNCE
@@ -439,7 +450,7 @@ class GRACETrainer(GRPOTrainer):
                 was_training = unwrapped.training
                 try:
                     encoder = GRACEEncoder(unwrapped, self.grace_tokenizer, self.args.grace_settings(),
-                                           name_or_path="policy")
+                                           name_or_path="policy", cache_dir=self._eval_cache_dir())
                     result[0] = dict(self.embedding_evaluator(encoder))
                 finally:
                     unwrapped.train(was_training)
@@ -449,7 +460,22 @@ class GRACETrainer(GRPOTrainer):
         name = getattr(self.embedding_evaluator, "name", "embedding")
         scores = {f"{metric_key_prefix}_{name}_{k}": float(v) for k, v in result[0].items()}
         scores[f"{metric_key_prefix}_{name}_runtime"] = round(time.perf_counter() - start, 2)
+        self._grace_timing["evaluation_seconds"] += time.perf_counter() - start
         return scores
+
+    def _eval_cache_dir(self) -> str | None:
+        """The rationale cache while the policy is still the starting model (step 0), else None.
+
+        Later policies never repeat, so caching their rationales would only fill the disk.
+        """
+        setting = self.args.embedding_eval_cache_dir
+        if self.state.global_step != 0 or (setting or "").lower() == "none":
+            return None
+        if setting:
+            return setting
+        from .aliases import cache_dir
+
+        return str(cache_dir() / "rationales")
 
     # --------------------------------------------------------------- rewards
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -550,13 +576,36 @@ class GRACETrainer(GRPOTrainer):
             trim_samples(os.path.join(output_dir, SAMPLES_FILE), checkpoint_step(checkpoint))
         self.accelerator.wait_for_everyone()
         self._step_health = StepHealth()
+        start = time.perf_counter()
         result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        self._write_timing(time.perf_counter() - start)
         health = self._step_health
         if health.zero_advantage:
             logger.warning("%d generation batch(es) of this run learned nothing (%d with every rollout truncated); "
                            "see the warnings above", health.zero_advantage, health.all_truncated)
         return result
+
+    def _write_timing(self, seconds: float) -> None:
+        """``timing.json``: rollouts per minute and the share of the run spent generating, scoring, training
+        and evaluating (HF generation with fused anchors; the split is not measured for vLLM)."""
+        if not self.accelerator.is_main_process:
+            return
+        t = dict(self._grace_timing)
+        gen, gen_score, ev = t["generation_seconds"], t["generation_and_scoring_seconds"], t["evaluation_seconds"]
+        report = {
+            "run_seconds": round(seconds, 1), "rollouts": t["rollouts"],
+            "rollouts_per_minute": round(60 * t["rollouts"] / seconds, 2) if seconds > 0 else None,
+            "seconds": {"generation": round(gen, 1), "scoring": round(gen_score - gen, 1),
+                        "evaluation": round(ev, 1), "training": round(seconds - gen_score - ev, 1)},
+        }
+        report["share"] = {k: round(v / seconds, 3) for k, v in report["seconds"].items()} if seconds > 0 else {}
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "timing.json"), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+        logger.info("time: %s of %.0f s; %.1f rollouts per minute",
+                    ", ".join(f"{k} {100 * v:.0f}%" for k, v in report["share"].items()), seconds,
+                    report["rollouts_per_minute"] or 0)
 
     def _record_step_health(self, output) -> None:
         """Warn about (and log) generation batches that cannot move the policy."""

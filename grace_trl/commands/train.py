@@ -25,7 +25,7 @@ class ScriptArguments:
 
     dataset_name: str = field(default="sample-nli", metadata={
         "help": "Local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a committed sample ('sample-nli', "
-                "'sample-sentences') or a Hub dataset id."})
+                "'sample-sentences', 'snli-triples') or a Hub dataset id."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={
         "help": "Split to train on (TRL's name; --dataset_split is accepted too).",

@@ -1,13 +1,17 @@
-"""Does the model still write? Perplexity on held-out plain text + greedy answers to fixed questions.
+"""Does the model still write? Perplexity on held-out text and 60 fixed questions scored automatically.
 
-Contrastive fine-tuning of a decoder tends to destroy its language modelling (the GRACE paper
-shows CL collapsing); GRACE trains through generation and should keep it. Comparing these
-numbers before and after training makes that visible.
+Contrastive fine-tuning of a decoder tends to destroy its language modelling (the GRACE paper shows CL
+collapsing); GRACE trains through generation and should keep it. Neither perplexity nor a net score is
+enough to see damage: a model can lose a dozen answers its base got right and gain a dozen others. So
+the check reports **regressions** against a reference run (questions the base model answers right and
+the trained model gets wrong) beside the score and the perplexity, and :func:`generation_kept` applies
+the project's acceptance rule to them.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -32,13 +36,81 @@ HELD_OUT_TEXT = [
     "had failed, and what they would change if they had to start again.",
 ]
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Name three primary colors.",
-    "How many days are there in a week?",
-    "Explain in one sentence why the sky looks blue.",
-    "Write a short greeting for a friend's birthday.",
+# (question, accepted answers): an answer counts as right when it contains one of them as a whole word
+# (case-insensitive). Short factual questions whose answer is one word, so scoring needs no judge.
+QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
+    ("What is the capital of France?", ("Paris",)),
+    ("What is the capital of Germany?", ("Berlin",)),
+    ("What is the capital of Italy?", ("Rome",)),
+    ("What is the capital of Spain?", ("Madrid",)),
+    ("What is the capital of Japan?", ("Tokyo",)),
+    ("What is the capital of the United Kingdom?", ("London",)),
+    ("What is the capital of Russia?", ("Moscow",)),
+    ("What is the capital of Egypt?", ("Cairo",)),
+    ("What is the capital of China?", ("Beijing",)),
+    ("What is the capital of Canada?", ("Ottawa",)),
+    ("What is the capital of Australia?", ("Canberra",)),
+    ("What is the capital of Greece?", ("Athens",)),
+    ("How many days are there in a week?", ("seven", "7")),
+    ("How many months are there in a year?", ("twelve", "12")),
+    ("How many hours are there in a day?", ("24", "twenty-four", "twenty four")),
+    ("How many minutes are there in an hour?", ("60", "sixty")),
+    ("How many legs does a spider have?", ("eight", "8")),
+    ("How many legs does a dog have?", ("four", "4")),
+    ("How many sides does a triangle have?", ("three", "3")),
+    ("How many continents are there on Earth?", ("seven", "7")),
+    ("What is 2 plus 2?", ("4", "four")),
+    ("What is 10 minus 3?", ("7", "seven")),
+    ("What is 5 times 3?", ("15", "fifteen")),
+    ("What color is the sky on a clear day?", ("blue",)),
+    ("What color is grass?", ("green",)),
+    ("What color are ripe bananas?", ("yellow",)),
+    ("What color is snow?", ("white",)),
+    ("What do bees make?", ("honey",)),
+    ("What do cows drink?", ("water",)),
+    ("Which animal is known as the king of the jungle?", ("lion",)),
+    ("What is the largest ocean on Earth?", ("Pacific",)),
+    ("What is the largest planet in our solar system?", ("Jupiter",)),
+    ("Which planet is known as the Red Planet?", ("Mars",)),
+    ("What planet do we live on?", ("Earth",)),
+    ("What star is at the center of our solar system?", ("Sun",)),
+    ("What is the chemical symbol for water?", ("H2O",)),
+    ("What gas do plants absorb from the air?", ("carbon dioxide", "CO2")),
+    ("What gas do humans need to breathe?", ("oxygen",)),
+    ("At what temperature in Celsius does water freeze?", ("0", "zero")),
+    ("At what temperature in Celsius does water boil?", ("100",)),
+    ("What is frozen water called?", ("ice",)),
+    ("Which organ pumps blood through the body?", ("heart",)),
+    ("What do we use to see?", ("eyes", "eye")),
+    ("What is the opposite of hot?", ("cold",)),
+    ("What is the opposite of up?", ("down",)),
+    ("What is the opposite of day?", ("night",)),
+    ("What is the opposite of big?", ("small", "little")),
+    ("What day comes after Monday?", ("Tuesday",)),
+    ("What month comes after January?", ("February",)),
+    ("Which season comes after winter?", ("spring",)),
+    ("Who wrote Romeo and Juliet?", ("Shakespeare",)),
+    ("Who painted the Mona Lisa?", ("Leonardo", "Vinci")),
+    ("Who was the first president of the United States?", ("Washington",)),
+    ("What language is mainly spoken in Brazil?", ("Portuguese",)),
+    ("What language is mainly spoken in Mexico?", ("Spanish",)),
+    ("What is the tallest mountain in the world?", ("Everest",)),
+    ("What is the longest river in Africa?", ("Nile",)),
+    ("What is the main ingredient of bread?", ("flour", "wheat")),
+    ("What do you call a baby cat?", ("kitten",)),
+    ("What do you call a baby dog?", ("puppy",)),
 ]
+
+# The acceptance rule used to choose recipes (README "Measured on the CPU default").
+MAX_REGRESSION_RATE = 0.05  # at most 5% of the questions the reference answers right may be lost
+MAX_PERPLEXITY_INCREASE = 0.02  # perplexity at most 2% above the reference's
+
+
+def is_correct(answer: str, accepted: tuple[str, ...]) -> bool:
+    """Whether ``answer`` contains one of ``accepted`` as a whole word (case-insensitive)."""
+    # not inside a longer word or number: "0" must not match "-18.0", "7" must not match "1.7" or "17"
+    return any(re.search(rf"(?<![\w.\-]){re.escape(a)}(?!\w|\.\d)", answer, flags=re.IGNORECASE)
+               for a in accepted)
 
 
 @torch.no_grad()
@@ -66,30 +138,92 @@ def perplexity(model, tokenizer, texts: list[str] = HELD_OUT_TEXT) -> float:
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, questions: list[str] = QUESTIONS, max_new_tokens: int = 48) -> list[str]:
-    """Greedy chat answers (default chat template, no system prompt)."""
+def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
+    """Greedy chat answers (default chat template, no system prompt), left-padded batches in a fixed order.
+
+    Padding shifts fp32 logits very slightly, so an answer can depend on its batch; the batches are the
+    same for every model (the question list in order), which keeps base and trained models comparable.
+    """
+    from ..generation import generate_left_padded
+
     device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"] for q in questions]
+    was_training = model.training
+    model.eval()
     answers = []
-    for q in questions:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                               return_tensors="pt", return_dict=True)
-        ids = prompt["input_ids"].to(device)
-        out = model.generate(input_ids=ids, attention_mask=prompt["attention_mask"].to(device),
-                             max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    try:
+        for b in range(0, len(prompts), batch_size):
+            out = generate_left_padded(model, prompts[b:b + batch_size], pad, [eos], device=device,
+                                       max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                       eos_token_id=eos)
+            answers += [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
+    finally:
+        if was_training:
+            model.train()
     return answers
 
 
-def generation_check(model, tokenizer, text_file: str | None = None, max_new_tokens: int = 48) -> dict:
+def generation_check(model, tokenizer, text_file: str | None = None, max_new_tokens: int = 48,
+                     questions: list[tuple[str, tuple[str, ...]]] | None = None,
+                     reference: dict | None = None) -> dict:
+    """Perplexity, greedy answers scored against known answers, and (given a ``reference`` result of the
+    base model) the regressions: questions the reference gets right and this model gets wrong."""
+    questions = QUESTIONS if questions is None else questions
     texts = HELD_OUT_TEXT
     if text_file:
         texts = [t for t in Path(text_file).read_text(encoding="utf-8").split("\n\n") if t.strip()]
         if not texts:
             raise ValueError(f"{text_file}: no paragraphs (separate them by blank lines)")
-    return {
+    answers = greedy_answers(model, tokenizer, [q for q, _ in questions], max_new_tokens)
+    rows = [{"question": q, "expected": list(acc), "answer": a, "correct": is_correct(a, acc)}
+            for (q, acc), a in zip(questions, answers)]
+    result = {
         "perplexity": perplexity(model, tokenizer, texts),
         "n_texts": len(texts),
-        "answers": [{"question": q, "answer": a}
-                    for q, a in zip(QUESTIONS, greedy_answers(model, tokenizer, QUESTIONS, max_new_tokens))],
+        "n_questions": len(rows),
+        "n_correct": sum(r["correct"] for r in rows),
+        "max_new_tokens": max_new_tokens,
+        "answers": rows,
     }
+    if reference is not None:
+        result.update(compare_to_reference(result, reference))
+    return result
+
+
+def compare_to_reference(result: dict, reference: dict) -> dict:
+    """Regressions, gains and the perplexity change of ``result`` against ``reference`` (same questions)."""
+    ref = {r["question"]: r for r in reference["answers"]}
+    missing = [r["question"] for r in result["answers"] if r["question"] not in ref]
+    if missing:
+        raise ValueError(f"reference has no answer to {missing[0]!r}: run both checks on the same questions")
+    regressions = [r["question"] for r in result["answers"] if ref[r["question"]]["correct"] and not r["correct"]]
+    gains = [r["question"] for r in result["answers"] if r["correct"] and not ref[r["question"]]["correct"]]
+    ref_correct = sum(ref[r["question"]]["correct"] for r in result["answers"])
+    return {
+        "reference_correct": ref_correct,
+        "regressions": regressions,
+        "gains": gains,
+        "regression_rate": len(regressions) / ref_correct if ref_correct else 0.0,
+        "perplexity_change": result["perplexity"] / reference["perplexity"] - 1.0,
+    }
+
+
+def generation_kept(result: dict, max_regression_rate: float = MAX_REGRESSION_RATE,
+                    max_perplexity_increase: float = MAX_PERPLEXITY_INCREASE) -> bool:
+    """The project's rule: few of the reference's right answers lost, and perplexity close to the reference's."""
+    if "regression_rate" not in result:
+        raise ValueError("generation_kept needs a result computed with reference=<the base model's result>")
+    return result["regression_rate"] <= max_regression_rate and result["perplexity_change"] <= max_perplexity_increase
+
+
+def summary_line(label: str, result: dict) -> str:
+    """One line for logs and tables: score, regressions against the reference, perplexity."""
+    line = f"{label}: {result['n_correct']}/{result['n_questions']} answers right, perplexity {result['perplexity']:.2f}"
+    if "regressions" in result:
+        line += (f"; {len(result['regressions'])} of the reference's {result['reference_correct']} right answers lost "
+                 f"({100 * result['regression_rate']:.1f}%), {len(result['gains'])} gained, perplexity "
+                 f"{100 * result['perplexity_change']:+.1f}%")
+    return line
