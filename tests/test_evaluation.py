@@ -153,7 +153,7 @@ def test_generation_check_on_tiny_model(tiny_model_path):
     res = generation_check(model, tok, max_new_tokens=4)
     # a random model is close to uniform over the vocabulary
     assert res["perplexity"] > 1000
-    assert len(res["answers"]) == 5
+    assert len(res["answers"]) == res["n_questions"] >= 50
 
 
 def test_eval_cli_system_prompt_override(tiny_model_path, shared_data, tmp_path):

@@ -1,0 +1,96 @@
+"""The generation check scores answers automatically and reports regressions against a reference model."""
+
+import pytest
+
+from grace_trl.evaluation.generation_check import (
+    MAX_PERPLEXITY_INCREASE,
+    MAX_REGRESSION_RATE,
+    QUESTIONS,
+    compare_to_reference,
+    generation_check,
+    generation_kept,
+    is_correct,
+    summary_line,
+)
+
+
+def test_at_least_fifty_distinct_questions_with_answers():
+    assert len(QUESTIONS) >= 50
+    assert len({q for q, _ in QUESTIONS}) == len(QUESTIONS)
+    assert all(accepted and all(a.strip() for a in accepted) for _, accepted in QUESTIONS)
+
+
+@pytest.mark.parametrize("answer,accepted,right", [
+    ("The capital of France is Paris.", ("Paris",), True),
+    ("the capital is paris", ("Paris",), True),
+    ("Parisian food is famous.", ("Paris",), False),
+    ("There are 24 hours in a day.", ("24",), True),
+    ("There are 240 minutes in an hour.", ("24",), False),
+    ("The freezing point of water is -18.0°C.", ("0", "zero"), False),
+    ("Water freezes at 0 degrees Celsius.", ("0", "zero"), True),
+    ("10 minus 3 is 7.", ("7", "seven"), True),
+    ("It is 1.7 or so.", ("7",), False),
+    ("Plants absorb carbon dioxide.", ("carbon dioxide", "CO2"), True),
+])
+def test_answers_count_only_whole_words_and_numbers(answer, accepted, right):
+    assert is_correct(answer, accepted) is right
+
+
+def _result(correct: list[bool], ppl: float) -> dict:
+    answers = [{"question": f"q{i}", "expected": ["x"], "answer": "", "correct": c} for i, c in enumerate(correct)]
+    return {"answers": answers, "perplexity": ppl, "n_correct": sum(correct), "n_questions": len(correct)}
+
+
+def test_regressions_are_counted_against_the_reference_not_as_a_net_score():
+    base = _result([True] * 20 + [False] * 20, 30.0)
+    # same net score (20/40), but 4 of the base's right answers lost and 4 others gained
+    trained = _result([False] * 4 + [True] * 16 + [True] * 4 + [False] * 16, 30.3)
+    trained.update(compare_to_reference(trained, base))
+    assert trained["n_correct"] == base["n_correct"]
+    assert trained["regressions"] == ["q0", "q1", "q2", "q3"] and len(trained["gains"]) == 4
+    assert trained["regression_rate"] == pytest.approx(4 / 20)
+    assert trained["perplexity_change"] == pytest.approx(0.01)
+    assert not generation_kept(trained)  # 20% lost > 5%
+    assert "4 of the reference's 20 right answers lost" in summary_line("grace", trained)
+
+
+def test_generation_kept_applies_both_limits():
+    base = _result([True] * 20, 30.0)
+    one_lost = _result([False] + [True] * 19, 30.0)
+    one_lost.update(compare_to_reference(one_lost, base))
+    assert one_lost["regression_rate"] == pytest.approx(MAX_REGRESSION_RATE) and generation_kept(one_lost)
+    worse_ppl = _result([True] * 20, 30.0 * (1 + MAX_PERPLEXITY_INCREASE) + 0.01)
+    worse_ppl.update(compare_to_reference(worse_ppl, base))
+    assert worse_ppl["regressions"] == [] and not generation_kept(worse_ppl)
+    with pytest.raises(ValueError, match="reference"):
+        generation_kept(base)
+
+
+def test_reference_must_answer_the_same_questions():
+    base = _result([True] * 3, 30.0)
+    other = _result([True] * 4, 30.0)
+    with pytest.raises(ValueError, match="'q3'"):
+        compare_to_reference(other, base)
+
+
+@pytest.mark.slow
+def test_the_check_fails_a_damaged_real_model_and_passes_the_model_itself(smollm2_path):
+    """On the embedded SmolLM2: against its own result the model is kept; with noise in its MLPs it is not."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    questions = QUESTIONS[:16]
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
+    base = generation_check(model, tok, max_new_tokens=16, questions=questions)
+    assert base["n_correct"] >= 8, base["answers"]  # the base model knows most of these
+    again = generation_check(model, tok, max_new_tokens=16, questions=questions, reference=base)
+    assert again["regressions"] == [] and again["perplexity_change"] == pytest.approx(0.0, abs=1e-6)
+    assert generation_kept(again)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "mlp" in name:
+                p.add_(0.02 * torch.randn_like(p))
+    damaged = generation_check(model, tok, max_new_tokens=16, questions=questions, reference=base)
+    assert damaged["regression_rate"] > MAX_REGRESSION_RATE and not generation_kept(damaged)

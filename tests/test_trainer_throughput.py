@@ -1,0 +1,81 @@
+"""Where a run's time goes (timing.json) and the step-0 evaluation that is read back instead of decoded again."""
+
+import json
+import os
+
+import pytest
+from datasets import Dataset
+
+from grace_trl import GRACEConfig
+from grace_trl.trainer import GRACETrainer
+
+EOS_BIAS = {"sequence_bias": {(2,): 9.0}}
+
+
+def rows(n=8):
+    return Dataset.from_dict({
+        "query": [f"query number {i} about cats" for i in range(n)],
+        "positive": [f"positive document {i} : a cat sleeps on the sofa" for i in range(n)],
+        "negatives": [[f"negative {i} : the stock market fell"] for i in range(n)],
+    })
+
+
+def config(out, **kw):
+    base = dict(output_dir=str(out), use_cpu=True, bf16=False, report_to="none", seed=0, num_generations=2,
+                per_device_train_batch_size=4, max_completion_length=6, max_steps=2, learning_rate=1e-3,
+                logging_steps=1, save_strategy="no", num_sample_rationales=0, generation_kwargs=EOS_BIAS)
+    base.update(kw)
+    return GRACEConfig(**base)
+
+
+def test_timing_json_splits_the_run_into_generation_scoring_training_and_evaluation(tmp_path, tiny_model_path):
+    args = config(tmp_path / "out", steps_per_generation=2, max_steps=4, embedding_evaluator="sts-dev-sample",
+                  embedding_eval_limit=4, eval_strategy="steps", eval_steps=2, embedding_eval_cache_dir="none")
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
+    trainer.train()
+    with open(os.path.join(args.output_dir, "timing.json")) as f:
+        timing = json.load(f)
+    # 4 optimiser steps of 4 rollouts, 2 steps per generation: 2 generation batches of 8 rollouts
+    assert timing["rollouts"] == 16
+    seconds = timing["seconds"]
+    assert set(seconds) == {"generation", "scoring", "evaluation", "training"}
+    assert all(v >= 0 for v in seconds.values()) and seconds["generation"] > 0 and seconds["evaluation"] > 0
+    assert sum(seconds.values()) == pytest.approx(timing["run_seconds"], abs=0.5)
+    assert sum(timing["share"].values()) == pytest.approx(1.0, abs=0.02)
+    assert timing["rollouts_per_minute"] == pytest.approx(60 * 16 / timing["run_seconds"], rel=0.01)
+    runtimes = [h["eval_sts_runtime"] for h in trainer.state.log_history if "eval_sts_runtime" in h]
+    assert len(runtimes) == 2 and seconds["evaluation"] == pytest.approx(sum(runtimes), abs=0.2)
+
+
+def test_the_untrained_policy_is_evaluated_from_the_cache_on_a_second_run(tmp_path, tiny_model_path):
+    cache = tmp_path / "rationales"
+
+    def run(name):
+        args = config(tmp_path / name, max_steps=1, embedding_evaluator="sts-dev-sample", embedding_eval_limit=4,
+                      eval_strategy="steps", eval_steps=1, eval_on_start=True, embedding_eval_cache_dir=str(cache))
+        trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
+        trainer.train()
+        evals = [h for h in trainer.state.log_history if "eval_sts_spearman" in h]
+        assert [h["step"] for h in evals] == [0, 1]
+        return evals
+
+    first = run("a")
+    entries = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    assert entries, "the step-0 evaluation wrote no cache entries"
+    second = run("b")
+    # step 0 read back: the same score, nothing new written; the trained policy (step 1) is never cached
+    assert second[0]["eval_sts_spearman"] == pytest.approx(first[0]["eval_sts_spearman"])
+    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == entries
+    assert second[0]["eval_sts_runtime"] < first[0]["eval_sts_runtime"]
+
+
+def test_eval_cache_can_be_switched_off(tmp_path, tiny_model_path):
+    args = config(tmp_path / "out", embedding_evaluator="sts-dev-sample", embedding_eval_cache_dir="none")
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
+    assert trainer._eval_cache_dir() is None
+    args = config(tmp_path / "out2", embedding_evaluator="sts-dev-sample")
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
+    assert trainer._eval_cache_dir().endswith(os.path.join("grace_trl", "rationales")) or \
+        trainer._eval_cache_dir().endswith("rationales")
+    trainer.state.global_step = 3
+    assert trainer._eval_cache_dir() is None
