@@ -63,7 +63,13 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "sts_test.json"))
     args = p.parse_args(argv)
 
-    settings = GRACESettings.load(args.grace)
+    if args.grace.endswith((".yaml", ".yml")):  # a recipe: its prompt and rationale length (with --base-only)
+        import yaml
+
+        recipe = yaml.safe_load(Path(args.grace).read_text())
+        settings = GRACESettings(system_prompt=recipe["system_prompt"], max_new_tokens=recipe["max_completion_length"])
+    else:
+        settings = GRACESettings.load(args.grace)
     if settings is None:
         raise SystemExit(f"{args.grace}: no grace_config.json (not a GRACE checkpoint)")
     pairs = load_sts_benchmark(args.data_dir, split="test")

@@ -576,15 +576,66 @@ class GRACETrainer(GRPOTrainer):
             trim_samples(os.path.join(output_dir, SAMPLES_FILE), checkpoint_step(checkpoint))
         self.accelerator.wait_for_everyone()
         self._step_health = StepHealth()
+        reference = self._reference_generation_check() if self.args.generation_check else None
         start = time.perf_counter()
         result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         self._write_timing(time.perf_counter() - start)
+        if self.args.generation_check:
+            self._final_generation_check(reference)
         health = self._step_health
         if health.zero_advantage:
             logger.warning("%d generation batch(es) of this run learned nothing (%d with every rollout truncated); "
                            "see the warnings above", health.zero_advantage, health.all_truncated)
         return result
+
+    def _generation_check_model(self):
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise ValueError("generation_check needs the whole model on one process; it does not run under ZeRO-3 "
+                             "(run benchmarks/generation_report.py on the saved checkpoint instead)")
+        return self.accelerator.unwrap_model(self.model)
+
+    def _reference_generation_check(self) -> dict | None:
+        """The starting model's generation check (main process), cached by the weights' content fingerprint."""
+        model = self._generation_check_model()
+        if not self.accelerator.is_main_process:
+            return None
+        from .aliases import cache_dir
+        from .cache import model_fingerprint
+        from .evaluation.generation_check import QUESTIONS, generation_check
+
+        key = model_fingerprint(model, self.grace_tokenizer)[:32]
+        path = cache_dir() / "generation_check" / f"{key}.json"
+        questions = [q for q, _ in QUESTIONS]
+        if path.exists():
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if [a["question"] for a in cached.get("answers", [])] == questions:
+                logger.info("generation check of the starting model: read from %s", path)
+                return cached
+        logger.info("generation check of the starting model (60 questions + perplexity, ~1 min on 2 CPU cores)")
+        result = generation_check(model, self.grace_tokenizer)
+        from .files import atomic_write
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            f.write(json.dumps(result, ensure_ascii=False, indent=1))
+        return result
+
+    def _final_generation_check(self, reference: dict | None) -> None:
+        model = self._generation_check_model()
+        if self.accelerator.is_main_process:
+            from .evaluation.generation_check import generation_check, generation_kept, summary_line
+
+            result = generation_check(model, self.grace_tokenizer, reference=reference)
+            result["kept"] = generation_kept(result)
+            result["reference"] = {k: reference[k] for k in ("perplexity", "n_correct", "n_questions")}
+            self.generation_check_result = result
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            with open(os.path.join(self.args.output_dir, "generation_check.json"), "w", encoding="utf-8") as f:
+                json.dump(result, f, ensure_ascii=False, indent=1)
+            logger.info("generation check: %s (%s)", summary_line("trained", result),
+                        "kept" if result["kept"] else "NOT kept: see generation_check.json")
+        self.accelerator.wait_for_everyone()
 
     def _write_timing(self, seconds: float) -> None:
         """``timing.json``: rollouts per minute and the share of the run spent generating, scoring, training
@@ -648,7 +699,16 @@ class GRACETrainer(GRPOTrainer):
                    "learning_rate": args.learning_rate, "max_completion_length": args.max_completion_length,
                    "reward_variant": args.reward_variant, "lambda_consistency": args.lambda_consistency,
                    "lambda_cross": args.lambda_cross, "tau": args.tau}
-        return {**summary, **self._card_dev_scores()}
+        summary = {**summary, **self._card_dev_scores()}
+        check = getattr(self, "generation_check_result", None)
+        if check is not None:
+            ref = check["reference"]
+            summary["generation check (60 fixed questions, greedy)"] = (
+                f"{check['n_correct']}/{check['n_questions']} right (starting model {ref['n_correct']}); "
+                f"{len(check['regressions'])} of its {check['reference_correct']} right answers lost; perplexity "
+                f"{check['perplexity']:.2f} vs {ref['perplexity']:.2f} ({100 * check['perplexity_change']:+.1f}%): "
+                + ("generation kept" if check["kept"] else "generation NOT kept"))
+        return summary
 
     def _card_dev_scores(self) -> dict:
         """The embedding evaluator's main scores, first and last evaluation: the card says whether training helped."""

@@ -79,3 +79,25 @@ def test_eval_cache_can_be_switched_off(tmp_path, tiny_model_path):
         trainer._eval_cache_dir().endswith("rationales")
     trainer.state.global_step = 3
     assert trainer._eval_cache_dir() is None
+
+
+def test_generation_check_at_the_end_compares_with_the_starting_model(tmp_path, tiny_model_path, monkeypatch):
+    monkeypatch.setenv("GRACE_TRL_CACHE", str(tmp_path / "cache"))
+    args = config(tmp_path / "out", max_steps=1, generation_check=True)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
+    trainer.train()
+    with open(os.path.join(args.output_dir, "generation_check.json")) as f:
+        check = json.load(f)
+    assert check["n_questions"] >= 50 and len(check["answers"]) == check["n_questions"]
+    assert {"regressions", "gains", "regression_rate", "perplexity_change", "kept"} <= set(check)
+    # the starting model's result was cached by its weights and is the reference
+    cached = list((tmp_path / "cache" / "generation_check").glob("*.json"))
+    assert len(cached) == 1
+    reference = json.loads(cached[0].read_text())
+    assert check["reference"]["perplexity"] == pytest.approx(reference["perplexity"])
+    # lr 1e-3 on a random model moves the weights: the perplexity changed
+    assert check["perplexity"] != pytest.approx(reference["perplexity"])
+    trainer.create_model_card()
+    with open(os.path.join(args.output_dir, "README.md")) as f:
+        card = f.read()
+    assert "generation check" in card and f"{check['perplexity']:.2f}" in card
