@@ -211,9 +211,9 @@ def main(argv=None) -> int:
                "--num_sample_rationales", "1", "--max_train_minutes", str(args.minutes)]
         if not args.eval_during_training:  # the budget is wall clock: evaluations would take training time
             cmd += ["--eval_strategy", "no", "--eval_on_start", "false"]
-        cmd += ["--generation_check", "false"]  # scored below, against the cached base result
         else:
             overrides = {**overrides, "eval_strategy": "steps"}
+        cmd += ["--generation_check", "false"]  # scored below, against the cached base result
         for k, v in overrides.items():
             cmd += [f"--{k}", str(v)]
         cmd += args.extra.split()
