@@ -138,7 +138,8 @@ def perplexity(model, tokenizer, texts: list[str] = HELD_OUT_TEXT) -> float:
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
+def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
+                   batch_size: int = 64) -> list[str]:
     """Greedy chat answers (default chat template, no system prompt), left-padded batches in a fixed order.
 
     Padding shifts fp32 logits very slightly, so an answer can depend on its batch; the batches are the
@@ -221,7 +222,8 @@ def generation_kept(result: dict, max_regression_rate: float = MAX_REGRESSION_RA
 
 def summary_line(label: str, result: dict) -> str:
     """One line for logs and tables: score, regressions against the reference, perplexity."""
-    line = f"{label}: {result['n_correct']}/{result['n_questions']} answers right, perplexity {result['perplexity']:.2f}"
+    line = (f"{label}: {result['n_correct']}/{result['n_questions']} answers right, "
+            f"perplexity {result['perplexity']:.2f}")
     if "regressions" in result:
         line += (f"; {len(result['regressions'])} of the reference's {result['reference_correct']} right answers lost "
                  f"({100 * result['regression_rate']:.1f}%), {len(result['gains'])} gained, perplexity "
