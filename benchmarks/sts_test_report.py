@@ -60,6 +60,8 @@ def main(argv=None) -> int:
                    help="per-pair cosines of each (model, prompt, length, rationale) row, reused by later reports "
                         "(the base model's rows are the same for every checkpoint trained under one prompt)")
     p.add_argument("--base-only", action="store_true", help="embed the base model's rows only (fills the cache)")
+    p.add_argument("--grace-only", action="store_true",
+                   help="embed the checkpoint's rows only (fills the cache; run beside --base-only)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "sts_test.json"))
     args = p.parse_args(argv)
 
@@ -81,7 +83,9 @@ def main(argv=None) -> int:
     right = np.array([index[b] for _, b, _ in pairs])
     gold = np.array([s for _, _, s in pairs])
     cos, rows = {}, {}
-    models = (("base", args.base),) if args.base_only else (("base", args.base), ("grace", args.grace))
+    models = (("base", args.base), ("grace", args.grace))
+    if args.base_only or args.grace_only:
+        models = models[:1] if args.base_only else models[1:]
     for label, path in models:
         for use_rationale in (False, True):
             key = f"{label}, {'rationale' if use_rationale else 'no rationale'}"
@@ -106,7 +110,7 @@ def main(argv=None) -> int:
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps({"cosines": cos[key].tolist(), "row": rows[key]}))
             print(key, json.dumps(rows[key]), flush=True)
-    if args.base_only:
+    if args.base_only or args.grace_only:
         return 0
 
     def diff(a, b):
