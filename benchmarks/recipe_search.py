@@ -56,13 +56,16 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "spg4_lr2e5_cl1_noRL": ("hybrid_cpu.yaml", {**RL_ONLY, "contrastive_weight": 1.0, "tau": 1e6,
                                                 "truncation_penalty": 0.0}),
     "hybrid": ("hybrid_cpu.yaml", {}),
-    # pure GRACE (sup_cpu.yaml: 6,337 triples, G=4, 16 rollouts per update, 4 updates per 64-rollout generation)
+    # pure GRACE (sup_cpu.yaml: 6,337 triples, G=4, 16 rollouts per update in 2 micro-batches of 8, 4 updates per
+    # 64-rollout generation). pure_b16 ran as one micro-batch of 16 (the same updates, more memory).
     "pure_b16": ("sup_cpu.yaml", {}),
-    "pure_b8": ("sup_cpu.yaml", {"per_device_train_batch_size": 8}),
-    "pure_b32": ("sup_cpu.yaml", {"per_device_train_batch_size": 32}),
-    "pure_b16_spg8": ("sup_cpu.yaml", {"steps_per_generation": 8}),
-    "pure_b8_lr5e5": ("sup_cpu.yaml", {"per_device_train_batch_size": 8, "learning_rate": 5e-5}),
-    "pure_b8_len32": ("sup_cpu.yaml", {"per_device_train_batch_size": 8, "max_completion_length": 32}),
+    "pure_b8": ("sup_cpu.yaml", {"gradient_accumulation_steps": 1, "steps_per_generation": 4}),
+    "pure_b32": ("sup_cpu.yaml", {"gradient_accumulation_steps": 4, "steps_per_generation": 16}),
+    "pure_b16_spg8": ("sup_cpu.yaml", {"steps_per_generation": 16}),
+    "pure_b8_lr5e5": ("sup_cpu.yaml", {"gradient_accumulation_steps": 1, "steps_per_generation": 4,
+                                       "learning_rate": 5e-5}),
+    "pure_b8_len32": ("sup_cpu.yaml", {"gradient_accumulation_steps": 1, "steps_per_generation": 4,
+                                       "max_completion_length": 32}),
     "pure_b16_lr5e5": ("sup_cpu.yaml", {"learning_rate": 5e-5}),
     "pure_b16_lr1e5": ("sup_cpu.yaml", {"learning_rate": 1e-5}),
     "pure_b16_G8": ("sup_cpu.yaml", {"num_generations": 8}),
