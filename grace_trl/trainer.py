@@ -143,7 +143,7 @@ class GRACETrainer(GRPOTrainer):
             self.add_callback(TimeBudgetCallback(args.max_train_minutes))
         self._grace_rows = None  # rows of the generation batch being generated (for fused anchors)
         self._grace_fused_anchors = None  # anchor completions sampled with the rollouts
-        self._grace_contrastive = None  # (anchor bank, group ids, content offsets) of the current batch
+        self._grace_contrastive = None  # (anchor bank, group ids, pooling spans) of the last training generation
         if self.is_deepspeed_enabled and not args.ds3_gather_for_generation:
             ds_stage = self.accelerator.state.deepspeed_plugin.zero_stage
             if ds_stage == 3:
@@ -297,13 +297,14 @@ class GRACETrainer(GRPOTrainer):
         anchors_all = gather(anchors_local.contiguous())
         if self.args.contrastive_weight > 0 and mode == "train":
             # Targets of the auxiliary InfoNCE term: every anchor of the generation batch (all processes), with
-            # each local rollout's own query (or text) anchor as its positive.
+            # each local rollout's own query (or text) anchor as its positive. Each rollout's pooling span (the
+            # reward's, counted from its first prompt token) travels with its row through TRL's shuffle and split.
             groups_local = n_local // G
             first = self.accelerator.process_index * groups_local
             group_ids = torch.arange(n_local, device=device) // G + first
-            offsets = torch.tensor([enc.content_start for enc in enc_prompts], device=device)
+            rollout_spans = torch.tensor(spans[:n_local], device=device)
             bank = torch.cat([anchors_all[:, 0], anchors_all[:, 1:].reshape(-1, anchors_all.shape[-1])], 0)
-            self._grace_contrastive = (bank.detach(), group_ids, offsets)
+            self._grace_contrastive = (bank.detach(), group_ids, rollout_spans)
         self._last_anchor_texts = anchor_texts
         self._last_anchor_completions = anchor_completions
         proc = self.accelerator.process_index
@@ -320,17 +321,20 @@ class GRACETrainer(GRPOTrainer):
 
     # ----------------------------------------------------- fused anchor generation
     def _generate_and_score_completions(self, inputs):
-        self._grace_rows, self._grace_fused_anchors, self._grace_contrastive = inputs, None, None
+        training = self.model.training
+        self._grace_rows, self._grace_fused_anchors = inputs, None
+        if training:  # an evaluation between two buffered training micro-batches keeps their InfoNCE targets
+            self._grace_contrastive = None
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._grace_rows = None
-        if self.model.training:
+        if training:
             self._record_step_health(output)
-        if self._grace_contrastive is not None:
-            _, group_ids, offsets = self._grace_contrastive
-            output["grace_group"] = group_ids
-            output["grace_content_offset"] = offsets
+            if self._grace_contrastive is not None:
+                _, group_ids, spans = self._grace_contrastive
+                output["grace_group"] = group_ids
+                output["grace_span"] = spans
         return output
 
     def _can_fuse_anchors(self, images, multimodal_fields) -> bool:
@@ -372,7 +376,8 @@ class GRACETrainer(GRPOTrainer):
     # ------------------------------------------------------- auxiliary InfoNCE
     def _compute_loss(self, model, inputs):
         weight = float(self.args.contrastive_weight)
-        if weight <= 0 or "grace_group" not in inputs or self._grace_contrastive is None:
+        if (weight <= 0 or not self.model.training or "grace_group" not in inputs
+                or self._grace_contrastive is None):
             return super()._compute_loss(model, inputs)
         captured = []
 
@@ -385,21 +390,41 @@ class GRACETrainer(GRPOTrainer):
         finally:
             handle.remove()
         hidden = torch.cat(captured, 0)
+        nce = self._contrastive_loss(hidden, inputs)
+        normalizer = self.current_gradient_accumulation_steps
+        self._metrics["train"]["grace/contrastive_loss"].append(self.accelerator.gather(nce.detach()).nanmean().item())
+        if not torch.isfinite(nce):
+            return loss
+        return loss + weight * nce / normalizer
+
+    def _contrastive_loss(self, hidden: torch.Tensor, inputs) -> torch.Tensor:
+        """InfoNCE of the rows' pooled hidden states against the generation batch's anchors.
+
+        Pools the reward's span (``pooling``). A row whose span holds tokens the loss forward did not attend
+        to (a rollout that ``mask_truncated_completions`` masked out) cannot give the reward's vector and is
+        left out, as it is out of the policy loss. A non-finite anchor is left out of every row's candidates,
+        and a row whose vector or own anchor is not finite is left out, as the reward drops them; NaN when no
+        row is left (every rank still gathers the metric).
+        """
         prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
         width = prompt_mask.shape[1]
-        start = (width - prompt_mask.sum(1)) + inputs["grace_content_offset"]
-        end = width + completion_mask.sum(1)
+        first = width - prompt_mask.sum(1)  # left padding: the first real prompt token
+        span = inputs["grace_span"].to(first.device)
+        start, end = first + span[:, 0], first + span[:, 1]
         pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-        mask = (pos >= start.unsqueeze(1)) & (pos < end.unsqueeze(1))
+        mask = (pos >= start.unsqueeze(1).to(hidden.device)) & (pos < end.unsqueeze(1).to(hidden.device))
+        attended = torch.cat([prompt_mask, completion_mask], 1).to(hidden.device).bool()
         pooled = masked_mean(hidden, mask)
         bank = self._grace_contrastive[0].to(pooled.device)
-        logits = pooled @ bank.T / float(self.args.contrastive_temperature)
-        nce = F.cross_entropy(logits, inputs["grace_group"].to(pooled.device))
-        mode = "train" if self.model.training else "eval"
-        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        loss = loss + weight * nce / normalizer
-        self._metrics[mode]["grace/contrastive_loss"].append(self.accelerator.gather(nce.detach()).mean().item())
-        return loss
+        targets = inputs["grace_group"].to(pooled.device)
+        bank_ok = torch.isfinite(bank).all(-1)
+        rows_ok = (torch.isfinite(pooled).all(-1) & bank_ok[targets]
+                   & (mask & ~attended[:, : mask.shape[1]]).sum(1).eq(0))
+        if not bool(rows_ok.any()):
+            return torch.tensor(float("nan"), device=pooled.device)
+        logits = pooled[rows_ok] @ torch.where(bank_ok.unsqueeze(1), bank, 0.0).T
+        logits = (logits / float(self.args.contrastive_temperature)).masked_fill(~bank_ok, float("-inf"))
+        return F.cross_entropy(logits, targets[rows_ok])
 
     # ------------------------------------------------------ embedding evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):

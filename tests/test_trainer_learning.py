@@ -184,3 +184,96 @@ def test_embedding_evaluator_logs_dev_scores_curves_and_best_model(tmp_path, tin
     trainer.processing_class.save_pretrained(str(tmp_path / "final"))
     encoder = GRACEEncoder.from_pretrained(str(tmp_path / "final"), device="cpu")
     assert abs(trainer.embedding_evaluator(encoder)["spearman"] - score) < 1e-3
+
+
+class ContrastiveRecorder(GRACETrainer):
+    """After each InfoNCE loss forward, recomputes the term from scratch with the weights that computed it.
+
+    The expectation re-embeds each row (prompt tokens + its rationale cut at the first EOS) with the
+    reward's no-grad embedding pass over the span ``pooling`` names, and scores it against the anchor bank.
+    """
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.terms = []  # (logged value, expected value) per loss forward
+        self.masked_rows = 0
+
+    def _compute_loss(self, model, inputs):
+        from grace_trl.generation import split_at_eos
+
+        logged = self._metrics["train"]["grace/contrastive_loss"]
+        n_before = len(logged)
+        loss = super()._compute_loss(model, inputs)
+        sequences, spans, kept = [], [], []
+        for ids, m, comp, cm in zip(inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+                                    inputs["completion_mask"]):
+            prompt = ids[m.bool()].tolist()
+            rationale = split_at_eos(comp.tolist(), self._grace_eos_ids)[0]
+            sequences.append(prompt + rationale)
+            end = len(prompt) + len(rationale)
+            spans.append((end - 1, end) if self.args.pooling == "last" else (len(prompt), end))
+            kept.append(int(cm.sum()) == len(rationale))  # a masked truncated rollout is out of the loss
+        self.masked_rows += kept.count(False)
+        with torch.no_grad():
+            vectors = self.compute_embeddings(self.accelerator.unwrap_model(model), sequences, spans)
+            bank = self._grace_contrastive[0]
+            logits = vectors @ bank.T / self.args.contrastive_temperature
+            keep = torch.tensor(kept)
+            expected = (torch.nn.functional.cross_entropy(logits[keep], inputs["grace_group"][keep]).item()
+                        if keep.any() else float("nan"))
+        self.terms.append((logged[n_before] if len(logged) > n_before else None, expected))
+        return loss
+
+
+@pytest.mark.parametrize("pooling", ["last", "rationale"])
+def test_contrastive_term_through_prepare_inputs_pools_the_configured_span(tmp_path, tiny_model_path, pooling):
+    # 4 groups generated at once, shuffled and split into 2 micro-batches; truncated rows masked out of the
+    # policy loss still pool their rationale
+    args = config(tmp_path, pooling=pooling, contrastive_weight=1.0, per_device_train_batch_size=4,
+                  steps_per_generation=2, max_steps=2, mask_truncated_completions=True, generation_kwargs=EOS_BIAS)
+    trainer = ContrastiveRecorder(tiny_model_path, args=args, train_dataset=rows(8))
+    trainer.train()
+    assert len(trainer.terms) == 2, "one loss forward per micro-batch"
+    for logged, expected in trainer.terms:
+        assert logged is not None, "a buffered micro-batch skipped the InfoNCE term"
+        assert logged == pytest.approx(expected, rel=1e-4, abs=1e-5, nan_ok=True)
+    assert trainer.masked_rows > 0, "no truncated rollout: the masked case was not exercised"
+    assert any(expected == expected for _, expected in trainer.terms), "no term had a row to compare"
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all("grace/contrastive_loss" in h for h in logs)
+    from grace_trl.pooling import get_backbone
+
+    assert not get_backbone(trainer.model)._forward_hooks, "the hidden-state hook was left on the model"
+
+
+def test_evaluation_inside_a_rollout_buffer_keeps_the_contrastive_term(tmp_path, tiny_model_path):
+    # the evaluation after step 1 generates its own batch; step 2 still trains on the buffered one
+    args = config(tmp_path, contrastive_weight=1.0, per_device_train_batch_size=4, steps_per_generation=2,
+                  max_steps=2, eval_strategy="steps", eval_steps=1, per_device_eval_batch_size=2,
+                  generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8), eval_dataset=rows(2))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h and "eval_loss" not in h]
+    assert [h["step"] for h in logs] == [1, 2]
+    assert all("grace/contrastive_loss" in h for h in logs), logs
+    assert any("eval_loss" in h for h in trainer.state.log_history)
+
+
+class NaNAnchorTrainer(GRACETrainer):
+    """The first group's query anchor comes out of the embedding pass as NaN (an overflowing forward)."""
+
+    def compute_embeddings(self, model, sequences, spans):
+        vectors = super().compute_embeddings(model, sequences, spans).clone()
+        n_rollouts = self.args.per_device_train_batch_size * self.args.steps_per_generation
+        vectors[n_rollouts] = float("nan")
+        return vectors
+
+
+def test_non_finite_anchor_leaves_the_contrastive_loss_finite(tmp_path, tiny_model_path):
+    args = config(tmp_path, contrastive_weight=1.0, max_steps=1, generation_kwargs=EOS_BIAS)
+    trainer = NaNAnchorTrainer(tiny_model_path, args=args, train_dataset=rows(4))
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    assert torch.isfinite(torch.tensor(float(log["loss"])))
+    assert log["grace/contrastive_loss"] is not None and torch.isfinite(torch.tensor(log["grace/contrastive_loss"]))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
