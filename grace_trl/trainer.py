@@ -40,7 +40,7 @@ from .checks import (
 )
 from .config import GRACEConfig
 from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
-from .generation import eos_token_ids, generate_left_padded, pad_token_id
+from .generation import eos_token_ids, generate_left_padded, ignoring_model_generation_config, pad_token_id
 from .model_card import PAPER
 from .pooling import embed_token_sequences, get_backbone, masked_mean, pool_span
 from .prompts import PromptEncoder
@@ -143,6 +143,8 @@ class GRACETrainer(GRPOTrainer):
             self.add_callback(TimeBudgetCallback(args.max_train_minutes))
         self._grace_rows = None  # rows of the generation batch being generated (for fused anchors)
         self._grace_fused_anchors = None  # anchor completions sampled with the rollouts
+        self._grace_evaluating = False  # inside evaluate(): the nested calls for a dict of eval sets are TRL's only
+        self._grace_pending_scores = None  # embedding scores waiting for the evaluation loop's metrics
         self._grace_contrastive = None  # (anchor bank, group ids, pooling spans) of the last training generation
         if self.is_deepspeed_enabled and not args.ds3_gather_for_generation:
             ds_stage = self.accelerator.state.deepspeed_plugin.zero_stage
@@ -350,8 +352,11 @@ class GRACETrainer(GRPOTrainer):
         returned through ``self._grace_fused_anchors``; rollouts exactly as TRL returns them.
         """
         if not self._can_fuse_anchors(images, multimodal_fields):
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                 has_tool_images)
+            # TRL's HF generate would fill unset fields from the checkpoint's generation_config; the fused
+            # path, the anchors and vLLM decode under the trainer's settings only
+            with ignoring_model_generation_config(self.accelerator.unwrap_model(self.model)):
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     has_tool_images)
         G = num_generations
         anchor_texts, _ = self._anchor_texts(self._grace_rows, G)
         anchor_ids = [self.prompt_encoder(t).input_ids for t in anchor_texts]
@@ -428,17 +433,34 @@ class GRACETrainer(GRPOTrainer):
 
     # ------------------------------------------------------ embedding evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """TRL's evaluation (when an eval dataset is given) plus the embedding evaluator's dev scores."""
-        metrics = {}
-        if eval_dataset is not None or self.eval_dataset is not None:
-            metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix))
-        if self.embedding_evaluator is not None:
-            scores = self.run_embedding_evaluator(metric_key_prefix)
-            self.log(scores)
-            if not metrics:
-                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, scores)
-            metrics.update(scores)
-        return metrics
+        """TRL's evaluation (when an eval dataset is given) plus the embedding evaluator's dev scores.
+
+        The evaluator runs once per call, also for a dict of eval datasets; its scores are logged in the same
+        entry as TRL's metrics (the first dataset's) and reach ``on_evaluate``, so early stopping and
+        ``metric_for_best_model`` see them.
+        """
+        if self.embedding_evaluator is None or self._grace_evaluating:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        scores = self.run_embedding_evaluator(metric_key_prefix)
+        if eval_dataset is None and self.eval_dataset is None:
+            # Trainer.log, not GRPOTrainer.log: in training mode the latter would take (and clear) the pending
+            # training metrics into this evaluation entry
+            super(GRPOTrainer, self).log(dict(scores))
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, scores)
+            return scores
+        self._grace_evaluating, self._grace_pending_scores = True, scores
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._grace_evaluating, self._grace_pending_scores = False, None
+
+    def evaluation_loop(self, *args, **kwargs):
+        """Adds the embedding scores of the running :meth:`evaluate` to the first loop's metrics."""
+        output = super().evaluation_loop(*args, **kwargs)
+        scores, self._grace_pending_scores = self._grace_pending_scores, None
+        if scores:
+            output.metrics.update(scores)
+        return output
 
     def run_embedding_evaluator(self, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Embed the evaluator's dev set with the current policy, exactly as :class:`GRACEEncoder` would.
@@ -495,15 +517,19 @@ class GRACETrainer(GRPOTrainer):
         if k <= 0 or not self.accelerator.is_main_process:
             return
         G = batch.num_generations
+        # the reward GRPO trains on: the reward_weights-weighted sum, a function's None (NaN) left out
+        weights = self.reward_weights.to(rewards_per_func.device)
+        rewards = (rewards_per_func[batch.local] * weights.unsqueeze(0)).nansum(dim=1)
         records = []
         for i in range(0, min(len(inputs), k * G), G):
             comp = completions[i]
             text = comp[-1]["content"] if isinstance(comp, list) else comp
             record = {
                 "step": int(self.state.global_step),
+                "mode": "train" if self.model.training else "eval",  # an evaluation's rollouts at that step
                 "text": inputs[i].get("positive", inputs[i].get("text")),
                 "rationale": text,
-                "reward": finite_or_none(rewards_per_func[batch.local][i].sum()),
+                "reward": finite_or_none(rewards[i]),
                 "truncated": bool(batch.truncated[batch.local][i]),
             }
             anchor_idx = (i // G) * (1 + (batch.negatives.shape[1] if batch.negatives is not None else 0))

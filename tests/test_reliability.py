@@ -211,7 +211,8 @@ def test_nan_embedding_in_training_keeps_rewards_finite_and_samples_json(tmp_pat
 
     with open(os.path.join(args.output_dir, SAMPLES_FILE), encoding="utf-8") as f:
         records = [json.loads(line, parse_constant=no_nan) for line in f]
-    assert records and all(r["reward"] is None for r in records)  # the nan_reward term made the sum non-finite
+    # as GRPO's reward: the NaN (None) term is left out of the weighted sum, GRACE's finite reward remains
+    assert records and all(r["reward"] is not None for r in records)
 
 
 # ---------------------------------------------------------------- steps that cannot learn

@@ -249,3 +249,33 @@ def test_text_the_template_cannot_embed_fails_before_training(tmp_path, tiny_mod
     data = Dataset.from_dict({**data.to_dict(), "negatives": [["n"], ["see http://x.org"], ["n"], ["n"]]})
     with pytest.raises(ValueError, match=r"row 1, field 'negatives\[0\]': the chat template renders this text as"):
         GRACETrainer(path, args=config(tmp_path), train_dataset=data)
+
+
+def half(completions, **kwargs):
+    return [0.5] * len(completions)
+
+
+def test_samples_record_the_weighted_reward_grpo_trains_on(tmp_path, tiny_model_path):
+    args = config(tmp_path, reward_weights=[0.0, 2.0], num_sample_rationales=2)
+    trainer = GRACETrainer(tiny_model_path, reward_funcs=["grace", half], args=args, train_dataset=sup_rows())
+    trainer.model.train()
+    trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    records = [json.loads(line) for line in open(os.path.join(args.output_dir, SAMPLES_FILE))]
+    assert len(records) == 2
+    assert all(r["reward"] == pytest.approx(1.0) and r["mode"] == "train" for r in records)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_rollouts_ignore_the_checkpoint_generation_config_fused_or_not(tmp_path, penalised_model_path, fuse):
+    # greedy rollouts, so both decodes can be compared token for token with a reference decode
+    trainer = _anchor_run(tmp_path, penalised_model_path, fuse_anchor_generation=fuse,
+                          generation_kwargs={"do_sample": False})
+    out = trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    got, want, penalised = [], [], []
+    for ids, m, comp, cm in zip(out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"]):
+        prompt = ids[m.bool()].tolist()
+        got.append(comp[cm.bool()].tolist())
+        want.append(_greedy(trainer.model, prompt, 8, EOS))
+        penalised.append(_greedy(trainer.model, prompt, 8, EOS, repetition_penalty=50.0, no_repeat_ngram_size=1))
+    assert want != penalised, "the penalty must change greedy decoding, or this test proves nothing"
+    assert got == want

@@ -277,3 +277,62 @@ def test_non_finite_anchor_leaves_the_contrastive_loss_finite(tmp_path, tiny_mod
     assert torch.isfinite(torch.tensor(float(log["loss"])))
     assert log["grace/contrastive_loss"] is not None and torch.isfinite(torch.tensor(log["grace/contrastive_loss"]))
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_evaluator_between_logging_steps_leaves_the_training_metrics_alone(tmp_path, tiny_model_path):
+    # evaluation at step 1, training metrics logged at step 2 over steps 1-2
+    args = config(tmp_path, embedding_evaluator="sts-dev-sample", embedding_eval_limit=4, eval_strategy="steps",
+                  eval_steps=1, logging_steps=2, max_steps=2, generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
+    trainer.train()
+    history = trainer.state.log_history
+    evals = [h for h in history if "eval_sts_spearman" in h]
+    assert [h["step"] for h in evals] == [1, 2]
+    assert not any(k in h for h in evals for k in ("reward", "loss", "grace/pos_sim")), evals
+    train = [h for h in history if "loss" in h]
+    assert [h["step"] for h in train] == [2] and "reward" in train[0] and "grace/truncation_rate" in train[0]
+    with open(os.path.join(args.output_dir, "training_curves.csv")) as f:
+        table = {r["step"]: r for r in csv.DictReader(f)}
+    assert table["1"]["reward"] == "" and table["1"]["eval_sts_spearman"] != ""
+    assert table["2"]["reward"] != ""
+
+
+class FallingScore:
+    """A user evaluator whose score falls at every call (a model getting worse)."""
+
+    name = "toy"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, encoder):
+        self.calls += 1
+        return {"spearman": 1.0 / self.calls}
+
+
+def test_evaluate_with_eval_dataset_dict_runs_the_evaluator_once_and_early_stopping_sees_it(tmp_path,
+                                                                                            tiny_model_path):
+    import json
+
+    from transformers import EarlyStoppingCallback
+
+    from grace_trl.trainer import SAMPLES_FILE
+
+    evaluator = FallingScore()
+    args = config(tmp_path, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, max_steps=4,
+                  per_device_eval_batch_size=2, load_best_model_at_end=True, metric_for_best_model="eval_toy_spearman",
+                  greater_is_better=True, num_sample_rationales=1, generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8), evaluator=evaluator,
+                           eval_dataset={"a": rows(2), "b": rows(2)},
+                           callbacks=[EarlyStoppingCallback(early_stopping_patience=1)])
+    trainer.train()
+    assert trainer.state.global_step == 2, "early stopping on eval_toy_spearman did not fire"
+    assert evaluator.calls == 2, "the evaluator ran more than once per evaluation"
+    evals = [h for h in trainer.state.log_history if "eval_toy_spearman" in h]
+    assert [(h["step"], h["eval_toy_spearman"]) for h in evals] == [(1, 1.0), (2, 0.5)]
+    assert all("eval_a_loss" in h for h in evals)  # logged with the first eval set's TRL metrics
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-1")
+    with open(os.path.join(args.output_dir, SAMPLES_FILE)) as f:
+        records = [json.loads(line) for line in f]
+    assert {r["mode"] for r in records} == {"train", "eval"}
+    assert [r["step"] for r in records if r["mode"] == "train"] == [0, 1]
