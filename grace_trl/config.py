@@ -181,6 +181,15 @@ class GRACEConfig(GRPOConfig):
         if self.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
             raise ValueError("GRACE does not support FSDP (its fused decode, embedding pass and evaluator need the "
                              "full parameters); use DeepSpeed ZeRO-2/3 (--accelerate_config zero2 or zero3)")
+        eval_generations = self.num_generations_eval or self.num_generations
+        if self.eval_strategy != "no" and self.per_device_eval_batch_size % eval_generations:
+            # TRL checks the global eval batch only: with 2 processes, 4 rows each and 8 generations it passes,
+            # and each process then holds half a group
+            raise ValueError(
+                f"per_device_eval_batch_size ({self.per_device_eval_batch_size}) must be a multiple of "
+                f"num_generations_eval ({eval_generations}) so that every evaluation group stays on one process "
+                "(GRACE generates one set of anchors per group)."
+            )
         self.system_prompt = normalize_system_prompt(self.system_prompt)
         super().__post_init__()
         per_process = self.per_device_train_batch_size * self.steps_per_generation
@@ -188,13 +197,6 @@ class GRACEConfig(GRPOConfig):
             raise ValueError(
                 f"per_device_train_batch_size × steps_per_generation ({per_process}) must be a multiple of "
                 f"num_generations ({self.num_generations}) so that every group of rollouts stays on one process "
-                "(GRACE generates one set of anchors per group)."
-            )
-        eval_generations = self.num_generations_eval or self.num_generations
-        if self.do_eval and self.eval_strategy != "no" and self.per_device_eval_batch_size % eval_generations:
-            raise ValueError(
-                f"per_device_eval_batch_size ({self.per_device_eval_batch_size}) must be a multiple of "
-                f"num_generations_eval ({eval_generations}) so that every evaluation group stays on one process "
                 "(GRACE generates one set of anchors per group)."
             )
 

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+import trl
 from datasets import Dataset
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.trainer_utils import IntervalStrategy
@@ -31,6 +32,8 @@ from .checks import (
     StepHealth,
     check_fresh_output_dir,
     check_text_lengths,
+    check_trl_overrides,
+    check_trl_version,
     checkpoint_step,
     context_length,
     finite_or_none,
@@ -48,6 +51,9 @@ from .rewards import GRACEReward, RolloutEmbeddings, build_reward_funcs
 
 logger = logging.getLogger(__name__)
 SAMPLES_FILE = "rationale_samples.jsonl"
+
+check_trl_version(trl.__version__)
+check_trl_overrides(GRPOTrainer)
 
 
 class RowTemperature(LogitsProcessor):
@@ -125,6 +131,14 @@ class GRACETrainer(GRPOTrainer):
                                         without_rationale=args.embedding_eval_without_rationale)
         if evaluator is not None and not callable(evaluator):
             raise TypeError(f"evaluator must be a callable taking a GRACEEncoder, got {type(evaluator).__name__}")
+        if evaluator is not None and eval_dataset is None and args.load_best_model_at_end:
+            # no eval dataset, no eval_loss: the best model can only be chosen on one of the evaluator's scores
+            name = getattr(evaluator, "name", "embedding")
+            metric = args.metric_for_best_model or "loss"
+            if not (metric if metric.startswith("eval_") else f"eval_{metric}").startswith(f"eval_{name}_"):
+                raise ValueError(f"metric_for_best_model={metric!r}: with load_best_model_at_end and the embedding "
+                                 f"evaluator as the only evaluation it must be one of its scores, "
+                                 f"eval_{name}_<metric> (e.g. eval_sts_spearman)")
         self.embedding_evaluator = evaluator
         # transformers refuses eval_strategy without an eval_dataset; an embedding evaluator is evaluation enough.
         eval_strategy = args.eval_strategy
