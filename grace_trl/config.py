@@ -74,8 +74,8 @@ class GRACEConfig(GRPOConfig):
         fuse_anchor_generation (`bool`, *optional*, defaults to `True`):
             Sample the anchor rationales in the same `generate` call as the rollouts (one decode per step
             instead of two), at `anchor_temperature` per row. HF generation only (vLLM keeps its own anchor
-            request). With `top_p`/`top_k`/`min_p` set, anchor tokens are filtered on the rollouts' logits before
-            the anchor temperature is applied; set `False` for a separate anchor decode.
+            request). `top_p`/`top_k`/`min_p` filter the anchor rows at the anchor temperature (transformers applies
+            the per-row temperature before its sampling filters), as a separate anchor decode (`False`) does.
         contrastive_weight (`float`, *optional*, defaults to `0.0`):
             Weight of an auxiliary InfoNCE term on the rollouts' pooled hidden states, computed in the policy
             loss forward (no extra pass): each rollout of the positive document is pulled towards its group's

@@ -59,8 +59,11 @@ check_trl_overrides(GRPOTrainer)
 class RowTemperature(LogitsProcessor):
     """Per-row temperature on top of the generation config's: row i's logits end up divided by ``temps[i]``.
 
-    Runs after the config's own temperature (``base``), so it rescales by ``base / temps[i]``; a
-    temperature of 0 keeps only the arg-max token (greedy) for that row.
+    transformers (5.24) runs custom processors before its sampling warpers: this one multiplies by
+    ``base / temps[i]``, the config's temperature (``base``) then divides by ``base``, and top-k/top-p/min-p
+    filter each row at its own temperature, as a separate decode would. A temperature of 0 keeps only
+    the arg-max token (greedy) for that row. ``test_row_temperature_runs_before_the_sampling_warpers``
+    pins that order.
     """
 
     def __init__(self, temps: Sequence[float], base: float):
@@ -480,15 +483,13 @@ class GRACETrainer(GRPOTrainer):
         """Embed the evaluator's dev set with the current policy, exactly as :class:`GRACEEncoder` would.
 
         Runs on the main process inside the generation context (ZeRO-3 parameters gathered, adapters
-        active) while the other processes wait; the scores are broadcast so every rank sees the same
-        ``metric_for_best_model``.
+        active) while the other processes wait; the scores (or its exception) are broadcast so every rank
+        sees the same ``metric_for_best_model`` (or fails with it).
         """
-        from accelerate.utils import broadcast_object_list
-
+        from .distributed import run_on_main_process
         from .encoder import GRACEEncoder
 
         start = time.perf_counter()
-        result: list = [None]
         with (
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
@@ -496,19 +497,19 @@ class GRACETrainer(GRPOTrainer):
             ) as unwrapped,
             torch.no_grad(),
         ):
-            if self.accelerator.is_main_process:
+            def evaluate_on_main():
                 was_training = unwrapped.training
                 try:
                     encoder = GRACEEncoder(unwrapped, self.grace_tokenizer, self.args.grace_settings(),
                                            name_or_path="policy")
-                    result[0] = dict(self.embedding_evaluator(encoder))
+                    return dict(self.embedding_evaluator(encoder))
                 finally:
                     unwrapped.train(was_training)
-            self.accelerator.wait_for_everyone()
-        if self.accelerator.num_processes > 1:
-            result = broadcast_object_list(result, from_process=0)
+
+            # an exception on the main process is raised on every rank, not left for them to wait on
+            result = run_on_main_process(evaluate_on_main)
         name = getattr(self.embedding_evaluator, "name", "embedding")
-        scores = {f"{metric_key_prefix}_{name}_{k}": float(v) for k, v in result[0].items()}
+        scores = {f"{metric_key_prefix}_{name}_{k}": float(v) for k, v in result.items()}
         scores[f"{metric_key_prefix}_{name}_runtime"] = round(time.perf_counter() - start, 2)
         return scores
 

@@ -336,3 +336,42 @@ def test_evaluate_with_eval_dataset_dict_runs_the_evaluator_once_and_early_stopp
         records = [json.loads(line) for line in f]
     assert {r["mode"] for r in records} == {"train", "eval"}
     assert [r["step"] for r in records if r["mode"] == "train"] == [0, 1]
+
+
+def test_row_temperature_runs_before_the_sampling_warpers(tiny_model_path):
+    from transformers import (
+        AutoModelForCausalLM,
+        GenerationConfig,
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from grace_trl.generation import ignoring_model_generation_config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    rules = dict(do_sample=True, top_k=50, top_p=0.6, max_new_tokens=1, pad_token_id=2, eos_token_id=2)
+    row_t = RowTemperature([1.3, 0.1], base=1.3)
+    processors = model._get_logits_processor(GenerationConfig(temperature=1.3, **rules), input_ids_seq_length=4,
+                                             logits_processor=LogitsProcessorList([row_t]), device="cpu")
+    order = [type(p) for p in processors]
+    assert order.index(RowTemperature) < order.index(TemperatureLogitsWarper) < order.index(TopKLogitsWarper)
+    assert order.index(TopKLogitsWarper) < order.index(TopPLogitsWarper)
+
+    prompt = torch.tensor([[1, 9707, 28, 2683, 314, 253, 5599, 30]])
+
+    def first_scores(batch, temperature, processors=None):
+        with ignoring_model_generation_config(model), torch.no_grad():
+            out = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch),
+                                 generation_config=GenerationConfig(temperature=temperature, **rules),
+                                 logits_processor=processors, output_scores=True, return_dict_in_generate=True)
+        return out.scores[0]
+
+    fused = first_scores(prompt.repeat(2, 1), 1.3, LogitsProcessorList([row_t]))
+    rollout, anchor = first_scores(prompt, 1.3)[0], first_scores(prompt, 0.1)[0]
+    kept = [torch.isfinite(s) for s in (fused[0], fused[1], rollout, anchor)]
+    assert not torch.equal(kept[2], kept[3]), "top-p keeps the same tokens at both temperatures: proves nothing"
+    for got, want, got_kept, want_kept in ((fused[0], rollout, kept[0], kept[2]), (fused[1], anchor, kept[1], kept[3])):
+        assert torch.equal(got_kept, want_kept)  # filtered at the row's own temperature
+        assert torch.allclose(got[got_kept], want[want_kept], atol=1e-4)
