@@ -77,7 +77,7 @@ def test_eval_batch_that_splits_a_group_is_refused(tmp_path):
 
 def test_evaluator_only_best_model_needs_an_evaluator_metric(tmp_path, tiny_model_path):
     args = config(tmp_path, mode="unsupervised", embedding_evaluator="sts-dev-sample", eval_strategy="steps",
-                  save_strategy="steps", load_best_model_at_end=True)  # metric_for_best_model defaults to loss: nothing logs it
+                  save_strategy="steps", load_best_model_at_end=True)  # metric_for_best_model defaults to loss
     with pytest.raises(ValueError, match=r"metric_for_best_model='loss'.*eval_sts_<metric>"):
         GRACETrainer(tiny_model_path, args=args, train_dataset=unsup_rows())
     args = config(tmp_path, mode="unsupervised", embedding_evaluator="sts-dev-sample", eval_strategy="steps",

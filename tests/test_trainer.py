@@ -279,3 +279,27 @@ def test_rollouts_ignore_the_checkpoint_generation_config_fused_or_not(tmp_path,
         penalised.append(_greedy(trainer.model, prompt, 8, EOS, repetition_penalty=50.0, no_repeat_ngram_size=1))
     assert want != penalised, "the penalty must change greedy decoding, or this test proves nothing"
     assert got == want
+
+
+def test_time_budget_stops_training_and_a_resumed_run_counts_the_time_already_spent(tmp_path, tiny_model_path):
+    from grace_trl.callbacks import TimeBudgetCallback
+
+    data = Dataset.from_dict({"text": [f"sentence {i} about the weather" for i in range(8)]})
+    args = config(tmp_path, mode="unsupervised", max_steps=3, save_strategy="steps", save_steps=100,
+                  max_train_minutes=1e-6, generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=data)
+    trainer.train()
+    assert trainer.state.global_step == 1  # the first step crossed the budget; training stopped and saved
+    state_file = os.path.join(args.output_dir, "checkpoint-1", "trainer_state.json")
+    state = json.loads(open(state_file).read())
+    assert state["stateful_callbacks"][TimeBudgetCallback.STATE_KEY]["spent_seconds"] > 0
+    # as if that first step had taken an hour: a resumed run with a 30-minute budget stops after one more step
+    state["stateful_callbacks"][TimeBudgetCallback.STATE_KEY]["spent_seconds"] = 3600.0
+    with open(state_file, "w") as f:
+        json.dump(state, f)
+    args2 = config(tmp_path, mode="unsupervised", max_steps=3, save_strategy="steps", save_steps=100,
+                   max_train_minutes=30, generation_kwargs=EOS_BIAS)
+    resumed = GRACETrainer(tiny_model_path, args=args2, train_dataset=data)
+    resumed.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-1"))
+    assert resumed.state.global_step == 2
+    assert os.path.isdir(os.path.join(args.output_dir, "checkpoint-2"))

@@ -372,6 +372,7 @@ def test_row_temperature_runs_before_the_sampling_warpers(tiny_model_path):
     rollout, anchor = first_scores(prompt, 1.3)[0], first_scores(prompt, 0.1)[0]
     kept = [torch.isfinite(s) for s in (fused[0], fused[1], rollout, anchor)]
     assert not torch.equal(kept[2], kept[3]), "top-p keeps the same tokens at both temperatures: proves nothing"
-    for got, want, got_kept, want_kept in ((fused[0], rollout, kept[0], kept[2]), (fused[1], anchor, kept[1], kept[3])):
+    pairs = ((fused[0], rollout, kept[0], kept[2]), (fused[1], anchor, kept[1], kept[3]))
+    for got, want, got_kept, want_kept in pairs:
         assert torch.equal(got_kept, want_kept)  # filtered at the row's own temperature
         assert torch.allclose(got[got_kept], want[want_kept], atol=1e-4)
