@@ -100,17 +100,36 @@ class TrainingCurvesCallback(TrainerCallback):
 
 
 class TimeBudgetCallback(TrainerCallback):
-    """Ends training after ``minutes`` of wall clock (checked after each optimiser step), then saves."""
+    """Ends training after ``minutes`` of wall clock (checked after each optimiser step), then saves.
+
+    The main process's clock decides for every rank (ranks deciding alone could stop while another
+    starts a step, and hang it). The time spent so far is kept in the trainer state, so a run resumed
+    from a checkpoint counts the minutes spent before it.
+    """
+
+    STATE_KEY = "GRACETimeBudget"  # in TrainerState.stateful_callbacks, saved with every checkpoint
 
     def __init__(self, minutes: float):
         self.minutes = float(minutes)
         self.start = None
+        self.spent_before = 0.0
+
+    def spent_seconds(self) -> float:
+        return self.spent_before + (time.monotonic() - self.start if self.start is not None else 0.0)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        saved = state.stateful_callbacks.get(self.STATE_KEY) if state.global_step > 0 else None
+        self.spent_before = float(saved["spent_seconds"]) if isinstance(saved, dict) else 0.0
         self.start = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.start is not None and time.monotonic() - self.start >= 60.0 * self.minutes:
+        from .distributed import main_process_decides
+
+        if self.start is None:
+            return control
+        spent = self.spent_seconds()
+        state.stateful_callbacks[self.STATE_KEY] = {"spent_seconds": spent}
+        if main_process_decides(spent >= 60.0 * self.minutes):
             logger.info("max_train_minutes=%s reached at step %d: stopping", self.minutes, state.global_step)
             control.should_training_stop = True
             control.should_save = args.save_strategy != "no"

@@ -28,6 +28,56 @@ TEMP_FILE_RE = re.compile(r"^\.tmp\w+$|\.tmp$")
 DEAD_STEP_HINT_AFTER = 3
 
 
+# ------------------------------------------------------------------ the TRL it is built on
+# GRACETrainer overrides private GRPOTrainer methods; these are their signatures in the tested TRL.
+TESTED_TRL = (1, 16)  # trl 1.16.x, as setup.cfg pins it
+UNTESTED_TRL_ENV = "GRACE_TRL_ALLOW_UNTESTED_TRL"
+TRL_OVERRIDES = {
+    "_generate_single_turn": ("self", "prompt_ids", "images", "multimodal_fields", "num_generations",
+                              "has_tool_images"),
+    "_generate_and_score_completions": ("self", "inputs"),
+    "_calculate_rewards": ("self", "inputs", "prompts", "completions", "completion_ids_list"),
+    "_compute_loss": ("self", "model", "inputs"),
+}
+
+
+def check_trl_version(version: str, environ=None) -> None:
+    """Refuse, in one line, a TRL outside the tested minor release (``GRACE_TRL_ALLOW_UNTESTED_TRL=1`` overrides).
+
+    The overridden internals change between TRL releases without notice; a mismatch fails, or silently
+    trains differently, deep inside the first step.
+    """
+    from packaging.version import InvalidVersion, Version
+
+    environ = os.environ if environ is None else environ
+    try:
+        release = Version(version).release[:2]
+    except InvalidVersion:
+        release = None
+    if release == TESTED_TRL:
+        return
+    tested = ".".join(map(str, TESTED_TRL))
+    if environ.get(UNTESTED_TRL_ENV, "").strip().lower() in ("1", "true", "yes"):
+        logger.warning("trl %s is outside grace_trl's tested range (trl %s.x); %s is set, continuing",
+                       version, tested, UNTESTED_TRL_ENV)
+        return
+    raise RuntimeError(f"grace_trl is tested with trl {tested}.x (it overrides GRPOTrainer internals), found trl "
+                       f"{version}: install trl>={tested}.0,<{TESTED_TRL[0]}.{TESTED_TRL[1] + 1} or set "
+                       f"{UNTESTED_TRL_ENV}=1 to run anyway")
+
+
+def check_trl_overrides(base: type) -> None:
+    """Fail in one line when a GRPOTrainer method GRACETrainer overrides is gone or takes other arguments."""
+    import inspect
+
+    for name, expected in TRL_OVERRIDES.items():
+        method = getattr(base, name, None)
+        found = tuple(inspect.signature(method).parameters) if callable(method) else None
+        if found != expected:
+            raise RuntimeError(f"{base.__name__}.{name} takes {found} in this TRL, GRACETrainer overrides it as "
+                               f"{expected}: install a tested trl ({'.'.join(map(str, TESTED_TRL))}.x)")
+
+
 # ------------------------------------------------------------------ config values
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -13,6 +13,7 @@ down-weighted per token as under per-sequence normalisation (``"grpo"``). The re
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +74,8 @@ class GRACEConfig(GRPOConfig):
         fuse_anchor_generation (`bool`, *optional*, defaults to `True`):
             Sample the anchor rationales in the same `generate` call as the rollouts (one decode per step
             instead of two), at `anchor_temperature` per row. HF generation only (vLLM keeps its own anchor
-            request). With `top_p`/`top_k`/`min_p` set, anchor tokens are filtered on the rollouts' logits before
-            the anchor temperature is applied; set `False` for a separate anchor decode.
+            request). `top_p`/`top_k`/`min_p` filter the anchor rows at the anchor temperature (transformers applies
+            the per-row temperature before its sampling filters), as a separate anchor decode (`False`) does.
         contrastive_weight (`float`, *optional*, defaults to `0.0`):
             Weight of an auxiliary InfoNCE term on the rollouts' pooled hidden states, computed in the policy
             loss forward (no extra pass): each rollout of the positive document is pulled towards its group's
@@ -194,6 +195,18 @@ class GRACEConfig(GRPOConfig):
                     f"embedding_evaluator must be one of {EVALUATOR_NAMES}, got {self.embedding_evaluator!r}")
         if self.anchor_temperature < 0:
             raise ValueError(f"anchor_temperature must be >= 0, got {self.anchor_temperature}")
+        if self.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+            raise ValueError("GRACE does not support FSDP (its fused decode, embedding pass and evaluator need the "
+                             "full parameters); use DeepSpeed ZeRO-2/3 (--accelerate_config zero2 or zero3)")
+        eval_generations = self.num_generations_eval or self.num_generations
+        if self.eval_strategy != "no" and self.per_device_eval_batch_size % eval_generations:
+            # TRL checks the global eval batch only: with 2 processes, 4 rows each and 8 generations it passes,
+            # and each process then holds half a group
+            raise ValueError(
+                f"per_device_eval_batch_size ({self.per_device_eval_batch_size}) must be a multiple of "
+                f"num_generations_eval ({eval_generations}) so that every evaluation group stays on one process "
+                "(GRACE generates one set of anchors per group)."
+            )
         self.system_prompt = normalize_system_prompt(self.system_prompt)
         super().__post_init__()
         per_process = self.per_device_train_batch_size * self.steps_per_generation

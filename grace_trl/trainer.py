@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+import trl
 from datasets import Dataset
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.trainer_utils import IntervalStrategy
@@ -31,6 +32,8 @@ from .checks import (
     StepHealth,
     check_fresh_output_dir,
     check_text_lengths,
+    check_trl_overrides,
+    check_trl_version,
     checkpoint_step,
     context_length,
     finite_or_none,
@@ -40,7 +43,7 @@ from .checks import (
 )
 from .config import GRACEConfig
 from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
-from .generation import eos_token_ids, generate_left_padded, pad_token_id
+from .generation import eos_token_ids, generate_left_padded, ignoring_model_generation_config, pad_token_id
 from .model_card import PAPER
 from .pooling import embed_token_sequences, get_backbone, masked_mean, pool_span
 from .prompts import PromptEncoder
@@ -49,12 +52,18 @@ from .rewards import GRACEReward, RolloutEmbeddings, build_reward_funcs
 logger = logging.getLogger(__name__)
 SAMPLES_FILE = "rationale_samples.jsonl"
 
+check_trl_version(trl.__version__)
+check_trl_overrides(GRPOTrainer)
+
 
 class RowTemperature(LogitsProcessor):
     """Per-row temperature on top of the generation config's: row i's logits end up divided by ``temps[i]``.
 
-    Runs after the config's own temperature (``base``), so it rescales by ``base / temps[i]``; a
-    temperature of 0 keeps only the arg-max token (greedy) for that row.
+    transformers (5.24) runs custom processors before its sampling warpers: this one multiplies by
+    ``base / temps[i]``, the config's temperature (``base``) then divides by ``base``, and top-k/top-p/min-p
+    filter each row at its own temperature, as a separate decode would. A temperature of 0 keeps only
+    the arg-max token (greedy) for that row. ``test_row_temperature_runs_before_the_sampling_warpers``
+    pins that order.
     """
 
     def __init__(self, temps: Sequence[float], base: float):
@@ -125,6 +134,14 @@ class GRACETrainer(GRPOTrainer):
                                         without_rationale=args.embedding_eval_without_rationale)
         if evaluator is not None and not callable(evaluator):
             raise TypeError(f"evaluator must be a callable taking a GRACEEncoder, got {type(evaluator).__name__}")
+        if evaluator is not None and eval_dataset is None and args.load_best_model_at_end:
+            # no eval dataset, no eval_loss: the best model can only be chosen on one of the evaluator's scores
+            name = getattr(evaluator, "name", "embedding")
+            metric = args.metric_for_best_model or "loss"
+            if not (metric if metric.startswith("eval_") else f"eval_{metric}").startswith(f"eval_{name}_"):
+                raise ValueError(f"metric_for_best_model={metric!r}: with load_best_model_at_end and the embedding "
+                                 f"evaluator as the only evaluation it must be one of its scores, "
+                                 f"eval_{name}_<metric> (e.g. eval_sts_spearman)")
         self.embedding_evaluator = evaluator
         # transformers refuses eval_strategy without an eval_dataset; an embedding evaluator is evaluation enough.
         eval_strategy = args.eval_strategy
@@ -143,7 +160,9 @@ class GRACETrainer(GRPOTrainer):
             self.add_callback(TimeBudgetCallback(args.max_train_minutes))
         self._grace_rows = None  # rows of the generation batch being generated (for fused anchors)
         self._grace_fused_anchors = None  # anchor completions sampled with the rollouts
-        self._grace_contrastive = None  # (anchor bank, group ids, content offsets) of the current batch
+        self._grace_evaluating = False  # inside evaluate(): the nested calls for a dict of eval sets are TRL's only
+        self._grace_pending_scores = None  # embedding scores waiting for the evaluation loop's metrics
+        self._grace_contrastive = None  # (anchor bank, group ids, pooling spans) of the last training generation
         # where a run's time goes (written to output_dir/timing.json at the end of train())
         self._grace_timing = dict.fromkeys(("generation_seconds", "generation_and_scoring_seconds",
                                             "evaluation_seconds", "rollouts"), 0)
@@ -300,13 +319,14 @@ class GRACETrainer(GRPOTrainer):
         anchors_all = gather(anchors_local.contiguous())
         if self.args.contrastive_weight > 0 and mode == "train":
             # Targets of the auxiliary InfoNCE term: every anchor of the generation batch (all processes), with
-            # each local rollout's own query (or text) anchor as its positive.
+            # each local rollout's own query (or text) anchor as its positive. Each rollout's pooling span (the
+            # reward's, counted from its first prompt token) travels with its row through TRL's shuffle and split.
             groups_local = n_local // G
             first = self.accelerator.process_index * groups_local
             group_ids = torch.arange(n_local, device=device) // G + first
-            offsets = torch.tensor([enc.content_start for enc in enc_prompts], device=device)
+            rollout_spans = torch.tensor(spans[:n_local], device=device)
             bank = torch.cat([anchors_all[:, 0], anchors_all[:, 1:].reshape(-1, anchors_all.shape[-1])], 0)
-            self._grace_contrastive = (bank.detach(), group_ids, offsets)
+            self._grace_contrastive = (bank.detach(), group_ids, rollout_spans)
         self._last_anchor_texts = anchor_texts
         self._last_anchor_completions = anchor_completions
         proc = self.accelerator.process_index
@@ -323,22 +343,24 @@ class GRACETrainer(GRPOTrainer):
 
     # ----------------------------------------------------- fused anchor generation
     def _generate_and_score_completions(self, inputs):
-        self._grace_rows, self._grace_fused_anchors, self._grace_contrastive = inputs, None, None
+        training = self.model.training
+        self._grace_rows, self._grace_fused_anchors = inputs, None
+        if training:  # an evaluation between two buffered training micro-batches keeps their InfoNCE targets
+            self._grace_contrastive = None
         start = time.perf_counter()
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._grace_rows = None
-        if self.model.training:
+        if training:
             timing = self._grace_timing
             timing["generation_and_scoring_seconds"] += time.perf_counter() - start
             timing["rollouts"] += int(output["completion_ids"].shape[0]) * self.accelerator.num_processes
-        if self.model.training:
             self._record_step_health(output)
-        if self._grace_contrastive is not None:
-            _, group_ids, offsets = self._grace_contrastive
-            output["grace_group"] = group_ids
-            output["grace_content_offset"] = offsets
+            if self._grace_contrastive is not None:
+                _, group_ids, spans = self._grace_contrastive
+                output["grace_group"] = group_ids
+                output["grace_span"] = spans
         return output
 
     def _can_fuse_anchors(self, images, multimodal_fields) -> bool:
@@ -354,8 +376,11 @@ class GRACETrainer(GRPOTrainer):
         returned through ``self._grace_fused_anchors``; rollouts exactly as TRL returns them.
         """
         if not self._can_fuse_anchors(images, multimodal_fields):
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                 has_tool_images)
+            # TRL's HF generate would fill unset fields from the checkpoint's generation_config; the fused
+            # path, the anchors and vLLM decode under the trainer's settings only
+            with ignoring_model_generation_config(self.accelerator.unwrap_model(self.model)):
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     has_tool_images)
         start = time.perf_counter()
         G = num_generations
         anchor_texts, _ = self._anchor_texts(self._grace_rows, G)
@@ -383,7 +408,8 @@ class GRACETrainer(GRPOTrainer):
     # ------------------------------------------------------- auxiliary InfoNCE
     def _compute_loss(self, model, inputs):
         weight = float(self.args.contrastive_weight)
-        if weight <= 0 or "grace_group" not in inputs or self._grace_contrastive is None:
+        if (weight <= 0 or not self.model.training or "grace_group" not in inputs
+                or self._grace_contrastive is None):
             return super()._compute_loss(model, inputs)
         captured = []
 
@@ -396,49 +422,84 @@ class GRACETrainer(GRPOTrainer):
         finally:
             handle.remove()
         hidden = torch.cat(captured, 0)
+        nce = self._contrastive_loss(hidden, inputs)
+        normalizer = self.current_gradient_accumulation_steps
+        self._metrics["train"]["grace/contrastive_loss"].append(self.accelerator.gather(nce.detach()).nanmean().item())
+        if not torch.isfinite(nce):
+            return loss
+        return loss + weight * nce / normalizer
+
+    def _contrastive_loss(self, hidden: torch.Tensor, inputs) -> torch.Tensor:
+        """InfoNCE of the rows' pooled hidden states against the generation batch's anchors.
+
+        Pools the reward's span (``pooling``). A row whose span holds tokens the loss forward did not attend
+        to (a rollout that ``mask_truncated_completions`` masked out) cannot give the reward's vector and is
+        left out, as it is out of the policy loss. A non-finite anchor is left out of every row's candidates,
+        and a row whose vector or own anchor is not finite is left out, as the reward drops them; NaN when no
+        row is left (every rank still gathers the metric).
+        """
         prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
         width = prompt_mask.shape[1]
-        start = (width - prompt_mask.sum(1)) + inputs["grace_content_offset"]
-        end = width + completion_mask.sum(1)
+        first = width - prompt_mask.sum(1)  # left padding: the first real prompt token
+        span = inputs["grace_span"].to(first.device)
+        start, end = first + span[:, 0], first + span[:, 1]
         pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-        mask = (pos >= start.unsqueeze(1)) & (pos < end.unsqueeze(1))
+        mask = (pos >= start.unsqueeze(1).to(hidden.device)) & (pos < end.unsqueeze(1).to(hidden.device))
+        attended = torch.cat([prompt_mask, completion_mask], 1).to(hidden.device).bool()
         pooled = masked_mean(hidden, mask)
         bank = self._grace_contrastive[0].to(pooled.device)
-        logits = pooled @ bank.T / float(self.args.contrastive_temperature)
-        nce = F.cross_entropy(logits, inputs["grace_group"].to(pooled.device))
-        mode = "train" if self.model.training else "eval"
-        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        loss = loss + weight * nce / normalizer
-        self._metrics[mode]["grace/contrastive_loss"].append(self.accelerator.gather(nce.detach()).mean().item())
-        return loss
+        targets = inputs["grace_group"].to(pooled.device)
+        bank_ok = torch.isfinite(bank).all(-1)
+        rows_ok = (torch.isfinite(pooled).all(-1) & bank_ok[targets]
+                   & (mask & ~attended[:, : mask.shape[1]]).sum(1).eq(0))
+        if not bool(rows_ok.any()):
+            return torch.tensor(float("nan"), device=pooled.device)
+        logits = pooled[rows_ok] @ torch.where(bank_ok.unsqueeze(1), bank, 0.0).T
+        logits = (logits / float(self.args.contrastive_temperature)).masked_fill(~bank_ok, float("-inf"))
+        return F.cross_entropy(logits, targets[rows_ok])
 
     # ------------------------------------------------------ embedding evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """TRL's evaluation (when an eval dataset is given) plus the embedding evaluator's dev scores."""
-        metrics = {}
-        if eval_dataset is not None or self.eval_dataset is not None:
-            metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix))
-        if self.embedding_evaluator is not None:
-            scores = self.run_embedding_evaluator(metric_key_prefix)
-            self.log(scores)
-            if not metrics:
-                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, scores)
-            metrics.update(scores)
-        return metrics
+        """TRL's evaluation (when an eval dataset is given) plus the embedding evaluator's dev scores.
+
+        The evaluator runs once per call, also for a dict of eval datasets; its scores are logged in the same
+        entry as TRL's metrics (the first dataset's) and reach ``on_evaluate``, so early stopping and
+        ``metric_for_best_model`` see them.
+        """
+        if self.embedding_evaluator is None or self._grace_evaluating:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        scores = self.run_embedding_evaluator(metric_key_prefix)
+        if eval_dataset is None and self.eval_dataset is None:
+            # Trainer.log, not GRPOTrainer.log: in training mode the latter would take (and clear) the pending
+            # training metrics into this evaluation entry
+            super(GRPOTrainer, self).log(dict(scores))
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, scores)
+            return scores
+        self._grace_evaluating, self._grace_pending_scores = True, scores
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._grace_evaluating, self._grace_pending_scores = False, None
+
+    def evaluation_loop(self, *args, **kwargs):
+        """Adds the embedding scores of the running :meth:`evaluate` to the first loop's metrics."""
+        output = super().evaluation_loop(*args, **kwargs)
+        scores, self._grace_pending_scores = self._grace_pending_scores, None
+        if scores:
+            output.metrics.update(scores)
+        return output
 
     def run_embedding_evaluator(self, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Embed the evaluator's dev set with the current policy, exactly as :class:`GRACEEncoder` would.
 
         Runs on the main process inside the generation context (ZeRO-3 parameters gathered, adapters
-        active) while the other processes wait; the scores are broadcast so every rank sees the same
-        ``metric_for_best_model``.
+        active) while the other processes wait; the scores (or its exception) are broadcast so every rank
+        sees the same ``metric_for_best_model`` (or fails with it).
         """
-        from accelerate.utils import broadcast_object_list
-
+        from .distributed import run_on_main_process
         from .encoder import GRACEEncoder
 
         start = time.perf_counter()
-        result: list = [None]
         with (
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
@@ -446,19 +507,19 @@ class GRACETrainer(GRPOTrainer):
             ) as unwrapped,
             torch.no_grad(),
         ):
-            if self.accelerator.is_main_process:
+            def evaluate_on_main():
                 was_training = unwrapped.training
                 try:
                     encoder = GRACEEncoder(unwrapped, self.grace_tokenizer, self.args.grace_settings(),
                                            name_or_path="policy", cache_dir=self._eval_cache_dir())
-                    result[0] = dict(self.embedding_evaluator(encoder))
+                    return dict(self.embedding_evaluator(encoder))
                 finally:
                     unwrapped.train(was_training)
-            self.accelerator.wait_for_everyone()
-        if self.accelerator.num_processes > 1:
-            result = broadcast_object_list(result, from_process=0)
+
+            # an exception on the main process is raised on every rank, not left for them to wait on
+            result = run_on_main_process(evaluate_on_main)
         name = getattr(self.embedding_evaluator, "name", "embedding")
-        scores = {f"{metric_key_prefix}_{name}_{k}": float(v) for k, v in result[0].items()}
+        scores = {f"{metric_key_prefix}_{name}_{k}": float(v) for k, v in result.items()}
         scores[f"{metric_key_prefix}_{name}_runtime"] = round(time.perf_counter() - start, 2)
         self._grace_timing["evaluation_seconds"] += time.perf_counter() - start
         return scores
@@ -496,15 +557,19 @@ class GRACETrainer(GRPOTrainer):
         if k <= 0 or not self.accelerator.is_main_process:
             return
         G = batch.num_generations
+        # the reward GRPO trains on: the reward_weights-weighted sum, a function's None (NaN) left out
+        weights = self.reward_weights.to(rewards_per_func.device)
+        rewards = (rewards_per_func[batch.local] * weights.unsqueeze(0)).nansum(dim=1)
         records = []
         for i in range(0, min(len(inputs), k * G), G):
             comp = completions[i]
             text = comp[-1]["content"] if isinstance(comp, list) else comp
             record = {
                 "step": int(self.state.global_step),
+                "mode": "train" if self.model.training else "eval",  # an evaluation's rollouts at that step
                 "text": inputs[i].get("positive", inputs[i].get("text")),
                 "rationale": text,
-                "reward": finite_or_none(rewards_per_func[batch.local][i].sum()),
+                "reward": finite_or_none(rewards[i]),
                 "truncated": bool(batch.truncated[batch.local][i]),
             }
             anchor_idx = (i // G) * (1 + (batch.negatives.shape[1] if batch.negatives is not None else 0))

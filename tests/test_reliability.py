@@ -50,6 +50,80 @@ def test_config_rejects_bad_values_naming_the_key(tmp_path, key, value):
         config(tmp_path, **{key: value})
 
 
+def test_fsdp_is_refused_in_one_line(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="GRACE does not support FSDP") as err:
+        config(tmp_path, fsdp=True)
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config sets
+    with pytest.raises(ValueError, match="GRACE does not support FSDP"):
+        config(tmp_path)
+
+
+def test_fsdp_is_not_offered_by_train_help(capsys):
+    from grace_trl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "fsdp1" not in capsys.readouterr().out
+
+
+def test_eval_batch_that_splits_a_group_is_refused(tmp_path):
+    # two processes with 4 rows each hold 8 rows, a whole group of 8 for TRL, half a group each for GRACE
+    with pytest.raises(ValueError, match=r"per_device_eval_batch_size \(4\) must be a multiple of "
+                                         r"num_generations_eval \(8\)"):
+        config(tmp_path, eval_strategy="steps", per_device_eval_batch_size=4, num_generations_eval=8)
+    config(tmp_path, eval_strategy="steps", per_device_eval_batch_size=8, num_generations_eval=8)
+
+
+def test_evaluator_only_best_model_needs_an_evaluator_metric(tmp_path, tiny_model_path):
+    args = config(tmp_path, mode="unsupervised", embedding_evaluator="sts-dev-sample", eval_strategy="steps",
+                  save_strategy="steps", load_best_model_at_end=True)  # metric_for_best_model defaults to loss
+    with pytest.raises(ValueError, match=r"metric_for_best_model='loss'.*eval_sts_<metric>"):
+        GRACETrainer(tiny_model_path, args=args, train_dataset=unsup_rows())
+    args = config(tmp_path, mode="unsupervised", embedding_evaluator="sts-dev-sample", eval_strategy="steps",
+                  save_strategy="steps", load_best_model_at_end=True, metric_for_best_model="sts_spearman")
+    GRACETrainer(tiny_model_path, args=args, train_dataset=unsup_rows())
+
+
+def test_trl_outside_the_tested_range_fails_in_one_line(monkeypatch):
+    import trl
+
+    from grace_trl.checks import UNTESTED_TRL_ENV, check_trl_version
+
+    check_trl_version(trl.__version__, environ={})  # the installed one is the tested one
+    for version in ("1.17.0", "1.15.2", "2.0.0.dev0"):
+        with pytest.raises(RuntimeError, match=rf"tested with trl 1\.16\.x .*found trl {version}") as err:
+            check_trl_version(version, environ={})
+        assert "\n" not in str(err.value) and UNTESTED_TRL_ENV in str(err.value)
+    check_trl_version("1.17.0", environ={UNTESTED_TRL_ENV: "1"})
+
+
+class ReshapedTRL:
+    """A GRPOTrainer whose _generate_single_turn dropped a positional argument (as happened before)."""
+
+    def _generate_single_turn(self, prompt_ids, images, num_generations):
+        ...
+
+    def _generate_and_score_completions(self, inputs):
+        ...
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        ...
+
+    def _compute_loss(self, model, inputs):
+        ...
+
+
+def test_changed_trl_internals_fail_in_one_line():
+    from trl import GRPOTrainer
+
+    from grace_trl.checks import check_trl_overrides
+
+    check_trl_overrides(GRPOTrainer)
+    with pytest.raises(RuntimeError, match=r"ReshapedTRL\._generate_single_turn takes .*install a tested trl"):
+        check_trl_overrides(ReshapedTRL)
+
+
 def test_yaml_config_errors_name_the_key_before_the_model_loads(tmp_path):
     from grace_trl.commands.train import parse_args
 
@@ -211,7 +285,8 @@ def test_nan_embedding_in_training_keeps_rewards_finite_and_samples_json(tmp_pat
 
     with open(os.path.join(args.output_dir, SAMPLES_FILE), encoding="utf-8") as f:
         records = [json.loads(line, parse_constant=no_nan) for line in f]
-    assert records and all(r["reward"] is None for r in records)  # the nan_reward term made the sum non-finite
+    # as GRPO's reward: the NaN (None) term is left out of the weighted sum, GRACE's finite reward remains
+    assert records and all(r["reward"] is not None for r in records)
 
 
 # ---------------------------------------------------------------- steps that cannot learn

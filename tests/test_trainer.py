@@ -249,3 +249,57 @@ def test_text_the_template_cannot_embed_fails_before_training(tmp_path, tiny_mod
     data = Dataset.from_dict({**data.to_dict(), "negatives": [["n"], ["see http://x.org"], ["n"], ["n"]]})
     with pytest.raises(ValueError, match=r"row 1, field 'negatives\[0\]': the chat template renders this text as"):
         GRACETrainer(path, args=config(tmp_path), train_dataset=data)
+
+
+def half(completions, **kwargs):
+    return [0.5] * len(completions)
+
+
+def test_samples_record_the_weighted_reward_grpo_trains_on(tmp_path, tiny_model_path):
+    args = config(tmp_path, reward_weights=[0.0, 2.0], num_sample_rationales=2)
+    trainer = GRACETrainer(tiny_model_path, reward_funcs=["grace", half], args=args, train_dataset=sup_rows())
+    trainer.model.train()
+    trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    records = [json.loads(line) for line in open(os.path.join(args.output_dir, SAMPLES_FILE))]
+    assert len(records) == 2
+    assert all(r["reward"] == pytest.approx(1.0) and r["mode"] == "train" for r in records)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_rollouts_ignore_the_checkpoint_generation_config_fused_or_not(tmp_path, penalised_model_path, fuse):
+    # greedy rollouts, so both decodes can be compared token for token with a reference decode
+    trainer = _anchor_run(tmp_path, penalised_model_path, fuse_anchor_generation=fuse,
+                          generation_kwargs={"do_sample": False})
+    out = trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    got, want, penalised = [], [], []
+    for ids, m, comp, cm in zip(out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"]):
+        prompt = ids[m.bool()].tolist()
+        got.append(comp[cm.bool()].tolist())
+        want.append(_greedy(trainer.model, prompt, 8, EOS))
+        penalised.append(_greedy(trainer.model, prompt, 8, EOS, repetition_penalty=50.0, no_repeat_ngram_size=1))
+    assert want != penalised, "the penalty must change greedy decoding, or this test proves nothing"
+    assert got == want
+
+
+def test_time_budget_stops_training_and_a_resumed_run_counts_the_time_already_spent(tmp_path, tiny_model_path):
+    from grace_trl.callbacks import TimeBudgetCallback
+
+    data = Dataset.from_dict({"text": [f"sentence {i} about the weather" for i in range(8)]})
+    args = config(tmp_path, mode="unsupervised", max_steps=3, save_strategy="steps", save_steps=100,
+                  max_train_minutes=1e-6, generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=data)
+    trainer.train()
+    assert trainer.state.global_step == 1  # the first step crossed the budget; training stopped and saved
+    state_file = os.path.join(args.output_dir, "checkpoint-1", "trainer_state.json")
+    state = json.loads(open(state_file).read())
+    assert state["stateful_callbacks"][TimeBudgetCallback.STATE_KEY]["spent_seconds"] > 0
+    # as if that first step had taken an hour: a resumed run with a 30-minute budget stops after one more step
+    state["stateful_callbacks"][TimeBudgetCallback.STATE_KEY]["spent_seconds"] = 3600.0
+    with open(state_file, "w") as f:
+        json.dump(state, f)
+    args2 = config(tmp_path, mode="unsupervised", max_steps=3, save_strategy="steps", save_steps=100,
+                   max_train_minutes=30, generation_kwargs=EOS_BIAS)
+    resumed = GRACETrainer(tiny_model_path, args=args2, train_dataset=data)
+    resumed.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-1"))
+    assert resumed.state.global_step == 2
+    assert os.path.isdir(os.path.join(args.output_dir, "checkpoint-2"))

@@ -184,3 +184,195 @@ def test_embedding_evaluator_logs_dev_scores_curves_and_best_model(tmp_path, tin
     trainer.processing_class.save_pretrained(str(tmp_path / "final"))
     encoder = GRACEEncoder.from_pretrained(str(tmp_path / "final"), device="cpu")
     assert abs(trainer.embedding_evaluator(encoder)["spearman"] - score) < 1e-3
+
+
+class ContrastiveRecorder(GRACETrainer):
+    """After each InfoNCE loss forward, recomputes the term from scratch with the weights that computed it.
+
+    The expectation re-embeds each row (prompt tokens + its rationale cut at the first EOS) with the
+    reward's no-grad embedding pass over the span ``pooling`` names, and scores it against the anchor bank.
+    """
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.terms = []  # (logged value, expected value) per loss forward
+        self.masked_rows = 0
+
+    def _compute_loss(self, model, inputs):
+        from grace_trl.generation import split_at_eos
+
+        logged = self._metrics["train"]["grace/contrastive_loss"]
+        n_before = len(logged)
+        loss = super()._compute_loss(model, inputs)
+        sequences, spans, kept = [], [], []
+        for ids, m, comp, cm in zip(inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+                                    inputs["completion_mask"]):
+            prompt = ids[m.bool()].tolist()
+            rationale = split_at_eos(comp.tolist(), self._grace_eos_ids)[0]
+            sequences.append(prompt + rationale)
+            end = len(prompt) + len(rationale)
+            spans.append((end - 1, end) if self.args.pooling == "last" else (len(prompt), end))
+            kept.append(int(cm.sum()) == len(rationale))  # a masked truncated rollout is out of the loss
+        self.masked_rows += kept.count(False)
+        with torch.no_grad():
+            vectors = self.compute_embeddings(self.accelerator.unwrap_model(model), sequences, spans)
+            bank = self._grace_contrastive[0]
+            logits = vectors @ bank.T / self.args.contrastive_temperature
+            keep = torch.tensor(kept)
+            expected = (torch.nn.functional.cross_entropy(logits[keep], inputs["grace_group"][keep]).item()
+                        if keep.any() else float("nan"))
+        self.terms.append((logged[n_before] if len(logged) > n_before else None, expected))
+        return loss
+
+
+@pytest.mark.parametrize("pooling", ["last", "rationale"])
+def test_contrastive_term_through_prepare_inputs_pools_the_configured_span(tmp_path, tiny_model_path, pooling):
+    # 4 groups generated at once, shuffled and split into 2 micro-batches; truncated rows masked out of the
+    # policy loss still pool their rationale
+    args = config(tmp_path, pooling=pooling, contrastive_weight=1.0, per_device_train_batch_size=4,
+                  steps_per_generation=2, max_steps=2, mask_truncated_completions=True, generation_kwargs=EOS_BIAS)
+    trainer = ContrastiveRecorder(tiny_model_path, args=args, train_dataset=rows(8))
+    trainer.train()
+    assert len(trainer.terms) == 2, "one loss forward per micro-batch"
+    for logged, expected in trainer.terms:
+        assert logged is not None, "a buffered micro-batch skipped the InfoNCE term"
+        assert logged == pytest.approx(expected, rel=1e-4, abs=1e-5, nan_ok=True)
+    assert trainer.masked_rows > 0, "no truncated rollout: the masked case was not exercised"
+    assert any(expected == expected for _, expected in trainer.terms), "no term had a row to compare"
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all("grace/contrastive_loss" in h for h in logs)
+    from grace_trl.pooling import get_backbone
+
+    assert not get_backbone(trainer.model)._forward_hooks, "the hidden-state hook was left on the model"
+
+
+def test_evaluation_inside_a_rollout_buffer_keeps_the_contrastive_term(tmp_path, tiny_model_path):
+    # the evaluation after step 1 generates its own batch; step 2 still trains on the buffered one
+    args = config(tmp_path, contrastive_weight=1.0, per_device_train_batch_size=4, steps_per_generation=2,
+                  max_steps=2, eval_strategy="steps", eval_steps=1, per_device_eval_batch_size=2,
+                  generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8), eval_dataset=rows(2))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h and "eval_loss" not in h]
+    assert [h["step"] for h in logs] == [1, 2]
+    assert all("grace/contrastive_loss" in h for h in logs), logs
+    assert any("eval_loss" in h for h in trainer.state.log_history)
+
+
+class NaNAnchorTrainer(GRACETrainer):
+    """The first group's query anchor comes out of the embedding pass as NaN (an overflowing forward)."""
+
+    def compute_embeddings(self, model, sequences, spans):
+        vectors = super().compute_embeddings(model, sequences, spans).clone()
+        n_rollouts = self.args.per_device_train_batch_size * self.args.steps_per_generation
+        vectors[n_rollouts] = float("nan")
+        return vectors
+
+
+def test_non_finite_anchor_leaves_the_contrastive_loss_finite(tmp_path, tiny_model_path):
+    args = config(tmp_path, contrastive_weight=1.0, max_steps=1, generation_kwargs=EOS_BIAS)
+    trainer = NaNAnchorTrainer(tiny_model_path, args=args, train_dataset=rows(4))
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    assert torch.isfinite(torch.tensor(float(log["loss"])))
+    assert log["grace/contrastive_loss"] is not None and torch.isfinite(torch.tensor(log["grace/contrastive_loss"]))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_evaluator_between_logging_steps_leaves_the_training_metrics_alone(tmp_path, tiny_model_path):
+    # evaluation at step 1, training metrics logged at step 2 over steps 1-2
+    args = config(tmp_path, embedding_evaluator="sts-dev-sample", embedding_eval_limit=4, eval_strategy="steps",
+                  eval_steps=1, logging_steps=2, max_steps=2, generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
+    trainer.train()
+    history = trainer.state.log_history
+    evals = [h for h in history if "eval_sts_spearman" in h]
+    assert [h["step"] for h in evals] == [1, 2]
+    assert not any(k in h for h in evals for k in ("reward", "loss", "grace/pos_sim")), evals
+    train = [h for h in history if "loss" in h]
+    assert [h["step"] for h in train] == [2] and "reward" in train[0] and "grace/truncation_rate" in train[0]
+    with open(os.path.join(args.output_dir, "training_curves.csv")) as f:
+        table = {r["step"]: r for r in csv.DictReader(f)}
+    assert table["1"]["reward"] == "" and table["1"]["eval_sts_spearman"] != ""
+    assert table["2"]["reward"] != ""
+
+
+class FallingScore:
+    """A user evaluator whose score falls at every call (a model getting worse)."""
+
+    name = "toy"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, encoder):
+        self.calls += 1
+        return {"spearman": 1.0 / self.calls}
+
+
+def test_evaluate_with_eval_dataset_dict_runs_the_evaluator_once_and_early_stopping_sees_it(tmp_path,
+                                                                                            tiny_model_path):
+    import json
+
+    from transformers import EarlyStoppingCallback
+
+    from grace_trl.trainer import SAMPLES_FILE
+
+    evaluator = FallingScore()
+    args = config(tmp_path, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, max_steps=4,
+                  per_device_eval_batch_size=2, load_best_model_at_end=True, metric_for_best_model="eval_toy_spearman",
+                  greater_is_better=True, num_sample_rationales=1, generation_kwargs=EOS_BIAS)
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8), evaluator=evaluator,
+                           eval_dataset={"a": rows(2), "b": rows(2)},
+                           callbacks=[EarlyStoppingCallback(early_stopping_patience=1)])
+    trainer.train()
+    assert trainer.state.global_step == 2, "early stopping on eval_toy_spearman did not fire"
+    assert evaluator.calls == 2, "the evaluator ran more than once per evaluation"
+    evals = [h for h in trainer.state.log_history if "eval_toy_spearman" in h]
+    assert [(h["step"], h["eval_toy_spearman"]) for h in evals] == [(1, 1.0), (2, 0.5)]
+    assert all("eval_a_loss" in h for h in evals)  # logged with the first eval set's TRL metrics
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-1")
+    with open(os.path.join(args.output_dir, SAMPLES_FILE)) as f:
+        records = [json.loads(line) for line in f]
+    assert {r["mode"] for r in records} == {"train", "eval"}
+    assert [r["step"] for r in records if r["mode"] == "train"] == [0, 1]
+
+
+def test_row_temperature_runs_before_the_sampling_warpers(tiny_model_path):
+    from transformers import (
+        AutoModelForCausalLM,
+        GenerationConfig,
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from grace_trl.generation import ignoring_model_generation_config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    rules = dict(do_sample=True, top_k=50, top_p=0.6, max_new_tokens=1, pad_token_id=2, eos_token_id=2)
+    row_t = RowTemperature([1.3, 0.1], base=1.3)
+    processors = model._get_logits_processor(GenerationConfig(temperature=1.3, **rules), input_ids_seq_length=4,
+                                             logits_processor=LogitsProcessorList([row_t]), device="cpu")
+    order = [type(p) for p in processors]
+    assert order.index(RowTemperature) < order.index(TemperatureLogitsWarper) < order.index(TopKLogitsWarper)
+    assert order.index(TopKLogitsWarper) < order.index(TopPLogitsWarper)
+
+    prompt = torch.tensor([[1, 9707, 28, 2683, 314, 253, 5599, 30]])
+
+    def first_scores(batch, temperature, processors=None):
+        with ignoring_model_generation_config(model), torch.no_grad():
+            out = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch),
+                                 generation_config=GenerationConfig(temperature=temperature, **rules),
+                                 logits_processor=processors, output_scores=True, return_dict_in_generate=True)
+        return out.scores[0]
+
+    fused = first_scores(prompt.repeat(2, 1), 1.3, LogitsProcessorList([row_t]))
+    rollout, anchor = first_scores(prompt, 1.3)[0], first_scores(prompt, 0.1)[0]
+    kept = [torch.isfinite(s) for s in (fused[0], fused[1], rollout, anchor)]
+    assert not torch.equal(kept[2], kept[3]), "top-p keeps the same tokens at both temperatures: proves nothing"
+    pairs = ((fused[0], rollout, kept[0], kept[2]), (fused[1], anchor, kept[1], kept[3]))
+    for got, want, got_kept, want_kept in pairs:
+        assert torch.equal(got_kept, want_kept)  # filtered at the row's own temperature
+        assert torch.allclose(got[got_kept], want[want_kept], atol=1e-4)

@@ -86,7 +86,7 @@ def short_help(parser: TrlParser) -> str:
         *[line(name) for name in COMMON_FIELDS],
         "",
         "Multi-GPU / DeepSpeed: add accelerate launch options, e.g. --accelerate_config zero2 --num_processes 8",
-        "(TRL's configs: zero1, zero2, zero3, multi_gpu, fsdp1, fsdp2; or a config file).",
+        "(TRL's configs: zero1, zero2, zero3, multi_gpu; or a config file; FSDP is not supported).",
     ]
     return "\n".join(lines)
 
@@ -196,7 +196,7 @@ ENTRY_MODULE = "grace_trl.commands.train"  # what accelerate launch runs on ever
 def split_launch_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """(accelerate launch options, training options): what no training dataclass takes goes to accelerate.
 
-    ``--accelerate_config NAME`` names one of TRL's shipped configs (zero2, zero3, multi_gpu, fsdp2, ...) or a
+    ``--accelerate_config NAME`` names one of TRL's shipped configs (zero2, zero3, multi_gpu, ...; not fsdp*) or a
     file, as ``trl grpo`` does.
     """
     from accelerate.commands.launch import launch_command_parser
