@@ -101,13 +101,29 @@ def _read_local(path: Path) -> _Rows:
     suffix = path.suffix
     if suffix in (".csv", ".tsv"):
         text = _read_text(path)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-        rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
-        if not reader.fieldnames:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header = next(reader, None)
+        if not header:
             raise DataValidationError(f"{path}: the file is empty (expected a header line and rows)")
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise DataValidationError(f"{path}, line 1: column(s) {repeated} appear more than once in the header; "
+                                      "rename them so each column has one name")
+        rows = []
+        sep = "tab" if delimiter == "\t" else "comma"
+        for record in reader:
+            if not record:
+                continue  # a blank line
+            if len(record) != len(header):
+                # csv counts physical lines, so a quoted field spanning lines still reports where the row ends
+                raise DataValidationError(
+                    f"{path}, line {reader.line_num}: {len(record)} field(s) where the header has {len(header)}; "
+                    f"a field holding a {sep} must be quoted (\"...\")")
+            rows.append(dict(zip(header, record)))
         if not rows:
-            raise DataValidationError(f"{path}: the file has a header ({', '.join(reader.fieldnames)}) but no rows")
-        return _Rows(rows, reader.fieldnames)
+            raise DataValidationError(f"{path}: the file has a header ({', '.join(header)}) but no rows")
+        return _Rows(rows, header)
     if suffix == ".jsonl":
         rows = []
         for line_no, line in enumerate(io.StringIO(_read_text(path), newline=None), 1):

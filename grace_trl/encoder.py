@@ -213,6 +213,24 @@ class GRACEEncoder:
             seed=seed,
         )
 
+    def _cache_entry_problem(self, hit: CachedRationale, max_new_tokens: int) -> str | None:
+        """Why a cached rationale cannot be what this model generated (None when it can).
+
+        The entry's checksum only shows it was not cut or garbled; an entry edited by hand (with a recomputed
+        checksum) or written by another tokenizer is caught by re-deriving its text and ending from its ids.
+        """
+        ids = hit.completion_ids
+        if len(ids) > max_new_tokens:
+            return f"{len(ids)} token ids for max_new_tokens={max_new_tokens}"
+        if any(i < 0 or i >= len(self.tokenizer) for i in ids):
+            return "token ids outside the tokenizer's vocabulary"
+        if self.tokenizer.decode(ids, skip_special_tokens=True) != hit.text:
+            return "its text is not the decoding of its token ids"
+        _, truncated = split_at_eos(ids, eos_token_ids(self.model, self.tokenizer))
+        if truncated != hit.truncated:
+            return "its truncated flag does not match its token ids"
+        return None
+
     def generate_rationales(
         self,
         texts: Sequence[str],
@@ -236,6 +254,10 @@ class GRACEEncoder:
         if use_cache:
             for i, key in enumerate(keys):
                 hit = self.cache.get(key)
+                problem = None if hit is None else self._cache_entry_problem(hit, max_new_tokens)
+                if problem is not None:
+                    self.cache.discard(key, problem)
+                    hit = None
                 if hit is None:
                     todo.append(i)
                 else:

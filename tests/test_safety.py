@@ -1,0 +1,143 @@
+"""Issue 18: no data loss, no half-written model that looks whole, no silent mix of runs or settings.
+
+Each fault test checks the state left afterwards; each bad-input test checks that the message names the
+file, row or key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+
+from grace_trl.settings import SETTINGS_FILE, GRACESettings
+
+
+# ---------------------------------------------------------------- export never deletes its own source
+@pytest.fixture()
+def run_dir(tmp_path, tiny_model_path):
+    """A training folder holding checkpoint-2 (a full model) and a rationale sample."""
+    out = tmp_path / "out"
+    shutil.copytree(tiny_model_path, out / "checkpoint-2")
+    GRACESettings().save(str(out / "checkpoint-2"))
+    (out / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (out / "rationale_samples.jsonl").write_text('{"step": 0}\n')
+    return out
+
+
+@pytest.mark.parametrize("target", ["out", "out/checkpoint-2/sub", "."])
+def test_export_refuses_an_output_that_holds_or_lies_in_the_run(run_dir, target):
+    from grace_trl.export import export_checkpoint
+
+    output = run_dir.parent / target if target != "." else run_dir.parent
+    with pytest.raises(ValueError, match="is, contains or lies inside the checkpoint or its training folder"):
+        export_checkpoint(str(run_dir / "checkpoint-2"), str(output), overwrite=True)
+    assert (run_dir / "checkpoint-2" / "model.safetensors").is_file()
+    assert (run_dir / "rationale_samples.jsonl").is_file()
+
+
+def test_export_failing_midway_keeps_the_old_output(run_dir, tmp_path):
+    from grace_trl.export import export_checkpoint
+
+    output = tmp_path / "exported"
+    output.mkdir()
+    (output / "old.txt").write_text("the previous export")
+    (run_dir / "checkpoint-2" / SETTINGS_FILE).write_text('{"pooling": "mean", ')  # invalid JSON: fails late
+    with pytest.raises(ValueError, match="not valid JSON"):
+        export_checkpoint(str(run_dir / "checkpoint-2"), str(output), overwrite=True)
+    assert (output / "old.txt").read_text() == "the previous export"
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".export-tmp")]  # no staging folder left
+
+
+def test_export_overwrite_replaces_the_folder_when_complete(run_dir, tmp_path):
+    from grace_trl.export import export_checkpoint
+
+    output = tmp_path / "exported"
+    output.mkdir()
+    (output / "old.txt").write_text("the previous export")
+    export_checkpoint(str(run_dir / "checkpoint-2"), str(output), overwrite=True)
+    assert not (output / "old.txt").exists() and (output / "model.safetensors").is_file()
+    assert (output / SETTINGS_FILE).is_file()
+
+
+# ---------------------------------------------------------------- files honour the umask
+def test_atomic_write_honours_the_umask(tmp_path):
+    from grace_trl.files import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "shared.json") as f:
+            f.write("{}")
+        GRACESettings().save(str(tmp_path))
+        os.umask(0o077)
+        with atomic_write(tmp_path / "private.json") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "shared.json").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / SETTINGS_FILE).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "private.json").st_mode) == 0o600
+    assert json.loads((tmp_path / "shared.json").read_text()) == {}
+
+
+# ---------------------------------------------------------------- rationale cache: content, not path
+def test_fingerprint_follows_the_weights_not_the_folder(tmp_path, tiny_model_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grace_trl.cache import model_fingerprint
+
+    moved = tmp_path / "moved-copy"
+    shutil.copytree(tiny_model_path, moved)
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    fp = model_fingerprint(model, tok)
+    assert model_fingerprint(AutoModelForCausalLM.from_pretrained(moved), AutoTokenizer.from_pretrained(moved)) == fp
+    weight = model.model.layers[1].self_attn.k_proj.weight
+    middle = weight.numel() // 2  # neither among the first nor the last 512 values a sampled hash would read
+    with torch.no_grad():
+        weight.view(-1)[middle] += 1e-3
+    assert model_fingerprint(model, tok) != fp
+
+
+def _cached_encoder(tiny_model_path, cache_dir):
+    from grace_trl.encoder import GRACEEncoder
+
+    return GRACEEncoder.from_pretrained(tiny_model_path, device="cpu", cache_dir=str(cache_dir))
+
+
+def test_cache_entry_edited_with_a_valid_checksum_is_regenerated(tmp_path, tiny_model_path, caplog):
+    import logging
+
+    from grace_trl.cache import _payload_checksum
+
+    texts = ["A man is playing a guitar.", "The weather is cold today."]
+    enc = _cached_encoder(tiny_model_path, tmp_path / "cache")
+    first = enc.generate_rationales(texts, max_new_tokens=4, show_progress_bar=False)
+    entries = sorted((tmp_path / "cache").glob("??/*.json"))
+    assert len(entries) == 2
+    for path in entries:  # a forged entry: new text, checksum recomputed
+        entry = json.loads(path.read_text())
+        entry["payload"]["text"] = "forged rationale"
+        entry["checksum"] = _payload_checksum(entry["payload"])
+        path.write_text(json.dumps(entry))
+    again = _cached_encoder(tiny_model_path, tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="grace_trl"):
+        second = again.generate_rationales(texts, max_new_tokens=4, show_progress_bar=False)
+    assert [r.text for r in second] == [r.text for r in first] and not any(r.cached for r in second)
+    assert "its text is not the decoding of its token ids" in caplog.text and again.cache.recovered == 2
+
+
+def test_cache_entry_replaced_by_a_folder_is_a_miss(tmp_path, tiny_model_path):
+    texts = ["A man is playing a guitar."]
+    enc = _cached_encoder(tiny_model_path, tmp_path / "cache")
+    expected = enc.generate_rationales(texts, max_new_tokens=4, show_progress_bar=False)[0].text
+    (entry,) = (tmp_path / "cache").glob("??/*.json")
+    entry.unlink()
+    entry.mkdir()
+    again = _cached_encoder(tiny_model_path, tmp_path / "cache")
+    got = again.generate_rationales(texts, max_new_tokens=4, show_progress_bar=False)[0]
+    assert got.text == expected and not got.cached and again.cache.misses == 1
