@@ -141,3 +141,57 @@ def test_cache_entry_replaced_by_a_folder_is_a_miss(tmp_path, tiny_model_path):
     again = _cached_encoder(tiny_model_path, tmp_path / "cache")
     got = again.generate_rationales(texts, max_new_tokens=4, show_progress_bar=False)[0]
     assert got.text == expected and not got.cached and again.cache.misses == 1
+
+
+# ---------------------------------------------------------------- data and recipes that mix silently
+def test_csv_row_with_an_unquoted_comma_names_file_and_line(tmp_path):
+    from grace_trl.data import DataValidationError, load_grace_dataset
+
+    path = tmp_path / "pairs.csv"
+    path.write_text('query,positive,negatives\n"a q","a p","a n"\nA man, a plan,a canal,panama\n')
+    with pytest.raises(DataValidationError, match=rf"{path}, line 3: 4 field\(s\) where the header has 3; "
+                                                  "a field holding a comma must be quoted"):
+        load_grace_dataset(str(path))
+    short = tmp_path / "short.tsv"
+    short.write_text("query\tpositive\tnegatives\nq\tp\n")
+    with pytest.raises(DataValidationError, match=rf"{short}, line 2: 2 field\(s\) where the header has 3"):
+        load_grace_dataset(str(short))
+
+
+def test_csv_duplicate_header_names_the_column(tmp_path):
+    from grace_trl.data import DataValidationError, load_grace_dataset
+
+    path = tmp_path / "dup.csv"
+    path.write_text("query,positive,positive,negatives\nq,p1,p2,n\n")
+    with pytest.raises(DataValidationError, match=rf"{path}, line 1: column\(s\) \['positive'\] appear more than once"):
+        load_grace_dataset(str(path))
+
+
+def test_recipe_key_given_twice_names_both_lines(tmp_path):
+    from grace_trl.cli_args import UsageError
+    from grace_trl.commands.train import parse_args
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 1.0e-6\nmax_steps: 2\nlearning_rate: 1.0e-3\n")
+    with pytest.raises(UsageError, match=rf"{recipe}, line 3: key 'learning_rate' is given twice \(first on line 1\)"):
+        parse_args(["--config", str(recipe)])
+
+
+@pytest.mark.parametrize("kind", ["folder", "latin1", "twice", "missing"])
+def test_bad_config_argument_is_one_line(tmp_path, capsys, kind):
+    from grace_trl.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("max_steps: 2\n")
+    if kind == "folder":
+        argv, expected = ["--config", str(tmp_path)], "is a folder"
+    elif kind == "latin1":
+        recipe.write_bytes("system_prompt: caf\xe9\n".encode("latin-1"))
+        argv, expected = ["--config", str(recipe)], f"{recipe}: not UTF-8 text"
+    elif kind == "twice":
+        argv, expected = ["--config", str(recipe), "--config", str(recipe)], "--config given 2 times"
+    else:
+        argv, expected = ["--config", str(tmp_path / "nope.yaml")], "does not exist"
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err
