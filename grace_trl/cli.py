@@ -41,13 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"grace-trl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from .checks import RunStateError
     from .cli_args import UsageError
     from .data import DataValidationError
 
     module = importlib.import_module(COMMANDS[name][0])
     try:
         result = module.main(rest)
-    except (UsageError, FileNotFoundError, DataValidationError) as err:
+    except (UsageError, FileNotFoundError, DataValidationError, RunStateError) as err:
         # the user's input is wrong, not the program: one line, as argparse reports a bad flag
         message = str(err) if not isinstance(err, FileNotFoundError) or not err.filename else \
             f"{err.strerror}: {err.filename}"

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .aliases import resolve_model_name
 from .cache import CachedRationale, RationaleCache, make_key, model_fingerprint
+from .checks import check_complete_save
 from .generation import BACKENDS, HFRationaleGenerator, RationaleGenerator, eos_token_ids, split_at_eos
 from .pooling import POOLING_METHODS, embed_token_sequences, pool_span
 from .prompts import PromptEncoder
@@ -153,6 +154,8 @@ class GRACEEncoder:
         """
         from transformers import AutoTokenizer
 
+        if os.path.isdir(os.path.expanduser(str(name_or_path))):
+            check_complete_save(os.path.expanduser(str(name_or_path)))  # before "no config.json": say why
         path = resolve_model_name(name_or_path)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 
+from .checks import check_complete_save
 from .files import current_umask
 from .settings import SETTINGS_FILE
 
@@ -142,6 +143,7 @@ def export_checkpoint(checkpoint: str, output: str, mode: str = "merge", base_mo
     if not os.path.isdir(checkpoint):
         raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
     _check_output_location(checkpoint, output)
+    check_complete_save(checkpoint)
     adapter = is_adapter_checkpoint(checkpoint)
     if not adapter and not os.path.isfile(os.path.join(checkpoint, "config.json")):
         raise FileNotFoundError(f"{checkpoint} has neither adapter_config.json (LoRA) nor config.json (full model)")

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
+from .checks import check_complete_save
 from .pooling import get_backbone, masked_mean, pool_span, span_mask
 from .prompts import PromptEncoder
 from .settings import SETTINGS_FILE, GRACESettings
@@ -80,6 +81,7 @@ class GRACETransformer(InputModule):
             raise FileNotFoundError(f"{model_name_or_path} has no {SETTINGS_FILE}: it is not a GRACE checkpoint")
         settings = GRACESettings.load(os.path.dirname(settings_path))
         path = model_name_or_path if os.path.isdir(model_name_or_path) else os.path.dirname(settings_path)
+        check_complete_save(path)
         dtype = (model_kwargs or {}).get("dtype") or (model_kwargs or {}).get("torch_dtype") or torch.float32
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = _load_causal_lm(path, dtype, "cpu")

@@ -195,3 +195,151 @@ def test_bad_config_argument_is_one_line(tmp_path, capsys, kind):
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err
+
+
+# ---------------------------------------------------------------- saves, resumes and locks
+def _args(output_dir, **kw):
+    from grace_trl import GRACEConfig
+
+    base = dict(output_dir=str(output_dir), use_cpu=True, bf16=False, report_to="none", seed=0, mode="unsupervised",
+                num_generations=2, per_device_train_batch_size=4, max_completion_length=4, max_steps=2,
+                learning_rate=1e-3, logging_steps=1, save_strategy="steps", save_steps=1, num_sample_rationales=1,
+                generation_kwargs={"sequence_bias": {(2,): 9.0}})
+    base.update(kw)
+    return GRACEConfig(**base)
+
+
+def _rows(n=8, word="weather"):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"text": [f"sentence {i} about the {word}" for i in range(n)]})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_path):
+    """A two-step run with checkpoint-1, checkpoint-2 and a completed final save."""
+    from grace_trl.trainer import GRACETrainer
+
+    out = tmp_path_factory.mktemp("finished") / "out"
+    trainer = GRACETrainer(tiny_model_path, args=_args(out), train_dataset=_rows())
+    trainer.train()
+    trainer.save_model(str(out))
+    return out
+
+
+def _copy_run(finished_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    return out
+
+
+def test_final_save_writes_its_marker_last_and_a_cut_save_is_refused(finished_run, tmp_path, tiny_model_path):
+    from grace_trl.checks import SAVE_MARKER, RunStateError
+    from grace_trl.encoder import GRACEEncoder
+    from grace_trl.export import export_checkpoint
+    from grace_trl.trainer import GRACETrainer
+
+    out = _copy_run(finished_run, tmp_path)
+    marker = json.loads((out / SAVE_MARKER).read_text())
+    assert marker["global_step"] == 2
+    assert {"model.safetensors", SETTINGS_FILE, "modules.json", "training_args.bin"} <= set(marker["files"])
+    GRACEEncoder.from_pretrained(str(out), device="cpu")  # complete: loads
+    # a second save that fails after the weights (grace_config.json cannot be written) leaves no marker
+    trainer = GRACETrainer(tiny_model_path, args=_args(out, overwrite_output_dir=True), train_dataset=_rows())
+    (out / SETTINGS_FILE).unlink()
+    (out / SETTINGS_FILE).mkdir()
+    with pytest.raises(OSError):
+        trainer.save_model(str(out))
+    assert not (out / SAVE_MARKER).exists()
+    with pytest.raises(RunStateError, match=rf"{out} was written by a training run whose save did not finish .*"
+                                            rf"no {SAVE_MARKER}.*resume the run .*or load {out / 'checkpoint-2'}"):
+        GRACEEncoder.from_pretrained(str(out), device="cpu")
+    with pytest.raises(RunStateError, match="whose save did not finish"):
+        export_checkpoint(str(out), str(tmp_path / "exported"))
+    GRACEEncoder.from_pretrained(str(out / "checkpoint-2"), device="cpu")  # its checkpoints are whole
+
+
+def test_overwrite_removes_the_old_model_before_training(finished_run, tmp_path, tiny_model_path):
+    from grace_trl.checks import SAVE_MARKER, RunStateError
+    from grace_trl.encoder import GRACEEncoder
+    from grace_trl.trainer import GRACETrainer
+
+    out = _copy_run(finished_run, tmp_path)
+    trainer = GRACETrainer(tiny_model_path, args=_args(out, overwrite_output_dir=True, max_steps=1),
+                           train_dataset=_rows())
+    trainer.train()  # then "killed" before its final save
+    for name in ("model.safetensors", SAVE_MARKER, "modules.json", SETTINGS_FILE):  # README.md: the new run's card
+        assert not (out / name).exists(), name
+    with pytest.raises(RunStateError, match="whose save did not finish"):
+        GRACEEncoder.from_pretrained(str(out), device="cpu")
+
+
+def test_resume_at_max_steps_trains_nothing_more(finished_run, tmp_path, tiny_model_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from grace_trl.trainer import GRACETrainer
+
+    out = _copy_run(finished_run, tmp_path)
+    samples_before = (out / "rationale_samples.jsonl").read_text()
+    trainer = GRACETrainer(tiny_model_path, args=_args(out), train_dataset=_rows())
+    trainer.train(resume_from_checkpoint="last")
+    assert trainer.state.global_step == 2
+    assert (out / "rationale_samples.jsonl").read_text() == samples_before
+    saved = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    for name, value in trainer.model.state_dict().items():
+        if name in saved:
+            torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
+
+
+def test_max_steps_zero_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"max_steps must be an integer >= 1 \(or -1 for num_train_epochs\), got 0"):
+        _args(tmp_path / "out", max_steps=0)
+
+
+def test_resume_refuses_a_changed_embedding_or_data_and_warns_on_optimisation(finished_run, tmp_path,
+                                                                             tiny_model_path, caplog):
+    import logging
+
+    from grace_trl.checks import RunStateError
+    from grace_trl.trainer import GRACETrainer
+
+    out = _copy_run(finished_run, tmp_path)
+    ckpt = str(out / "checkpoint-1")
+    changed = GRACETrainer(tiny_model_path, args=_args(out, pooling="last"), train_dataset=_rows())
+    with pytest.raises(RunStateError, match=r"checkpoint-1: .*pooling: 'mean' -> 'last'"):
+        changed.train(resume_from_checkpoint=ckpt)
+    other_data = GRACETrainer(tiny_model_path, args=_args(out), train_dataset=_rows(word="sea"))
+    with pytest.raises(RunStateError, match="the training data differs"):
+        other_data.train(resume_from_checkpoint=ckpt)
+    faster = GRACETrainer(tiny_model_path, args=_args(out, learning_rate=5e-3), train_dataset=_rows())
+    with caplog.at_level(logging.WARNING, logger="grace_trl"):
+        faster.train(resume_from_checkpoint=ckpt)
+    assert "changed optimisation settings (learning_rate: 0.001 -> 0.005)" in caplog.text
+    assert faster.state.global_step == 2
+
+
+def test_a_second_run_into_a_locked_output_dir_is_refused_naming_the_holder(tmp_path, tiny_model_path):
+    import subprocess
+    import sys
+    import time
+
+    from grace_trl.checks import RunStateError
+    from grace_trl.trainer import GRACETrainer
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from grace_trl.checks import OutputDirLock; OutputDirLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)"), str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        trainer = GRACETrainer(tiny_model_path, args=_args(out, max_steps=1), train_dataset=_rows())
+        with pytest.raises(RunStateError, match=rf"output_dir {out} is in use by another run \(pid {holder.pid} on "):
+            trainer.train()
+        assert not (out / "rationale_samples.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    trainer.train()  # the holder died: its lock went with it
+    assert trainer.state.global_step == 1

@@ -137,10 +137,24 @@ def load_datasets(script_args: ScriptArguments, training_args: GRACEConfig):
 
 
 def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: ModelConfig):
-    from ..trainer import GRACETrainer
+    from accelerate import PartialState
+
+    from ..checks import OutputDirLock
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     check_test_split(script_args, training_args)
+    # the whole run, final save included, holds output_dir: a second run into it is refused, naming this one
+    lock = OutputDirLock(training_args.output_dir).acquire() if PartialState().is_main_process else None
+    try:
+        return _run_locked(script_args, training_args, model_args)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(script_args: ScriptArguments, training_args: GRACEConfig, model_args: ModelConfig):
+    from ..trainer import GRACETrainer
+
     checkpoint = _check_output_dir(training_args)
     dataset, eval_dataset = load_datasets(script_args, training_args)
     logger.info("training rows: %d (%s, mode=%s)", len(dataset), script_args.dataset_name, training_args.mode)
@@ -162,13 +176,18 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
+        # card and tokenizer first: save_model writes grace_save_complete.json last, after every model file
+        from ..checks import remove_save_marker
+
+        remove_save_marker(training_args.output_dir)
         trainer.processing_class.save_pretrained(training_args.output_dir)
         source = script_args.dataset_name
         hub_dataset = None if source in SAMPLE_DATASETS or os.path.exists(os.path.expanduser(source)) else source
         trainer.create_model_card(model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
                                   dataset_name=hub_dataset)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
         logger.info("saved GRACE checkpoint to %s (curves: training_curves.csv/png there)",
                     os.path.abspath(training_args.output_dir))
     return trainer
