@@ -163,7 +163,7 @@ def incomplete_save_problem(folder: str) -> str | None:
     """
     if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, SAVE_MARKER)):
         return None
-    if CHECKPOINT_RE.match(os.path.basename(os.path.normpath(folder))) and checkpoint_problem(folder) is None:
+    if CHECKPOINT_RE.match(os.path.basename(os.path.normpath(folder))) and _trainer_checkpoint_whole(folder):
         return None
     traces = [n for n in TRAINING_TRACES if os.path.exists(os.path.join(folder, n))]
     traces += [os.path.basename(p) for _, p in checkpoint_dirs(folder)][:3]
@@ -174,6 +174,16 @@ def incomplete_save_problem(folder: str) -> str | None:
                "resume the run (resume_from_checkpoint=last) to finish it")
     return (f"{folder} was written by a training run whose save did not finish (it has {', '.join(traces)} but no "
             f"{SAVE_MARKER}); {recover}")
+
+
+def _trainer_checkpoint_whole(folder: str) -> bool:
+    """The Trainer writes ``trainer_state.json`` after everything else of a checkpoint: whole JSON there = whole save."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE), encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return any(os.path.isfile(os.path.join(folder, w)) for w in WEIGHT_FILES)
 
 
 def check_complete_save(folder: str) -> None:

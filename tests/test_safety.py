@@ -343,3 +343,72 @@ def test_a_second_run_into_a_locked_output_dir_is_refused_naming_the_holder(tmp_
     time.sleep(0.1)
     trainer.train()  # the holder died: its lock went with it
     assert trainer.state.global_step == 1
+
+
+# ---------------------------------------------------------------- security: loading and publishing
+@pytest.fixture()
+def st_folder(tmp_path, tiny_model_path):
+    from grace_trl.st_module import write_sentence_transformers_files
+
+    folder = tmp_path / "grace-st"
+    shutil.copytree(tiny_model_path, folder)
+    GRACESettings().save(str(folder))
+    write_sentence_transformers_files(str(folder))
+    return folder
+
+
+def test_load_sentence_transformer_embeds_as_grace_without_remote_code(st_folder):
+    import numpy as np
+
+    from grace_trl import load_sentence_transformer
+    from grace_trl.encoder import GRACEEncoder
+
+    texts = ["A man is playing a guitar.", "Someone plays an instrument."]
+    st = load_sentence_transformer(str(st_folder), device="cpu")
+    expected = GRACEEncoder.from_pretrained(str(st_folder), device="cpu").encode(texts, use_rationale=False,
+                                                                                 show_progress_bar=False)
+    np.testing.assert_allclose(st.encode(texts), expected, atol=1e-5)
+
+
+def test_load_sentence_transformer_refuses_a_module_of_the_repo(st_folder, tmp_path):
+    from grace_trl import load_sentence_transformer
+
+    ran = tmp_path / "ran"
+    (st_folder / "evil_module.py").write_text(f"open({str(ran)!r}, 'w').write('pwned')\n"
+                                              "from grace_trl.st_module import GRACETransformer as Evil\n")
+    modules = json.loads((st_folder / "modules.json").read_text())
+    modules[0]["type"] = "evil_module.Evil"
+    (st_folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match=r"modules.json: module 0 has type 'evil_module.Evil'; only "
+                                         r"grace_trl.st_module.GRACETransformer and sentence_transformers"):
+        load_sentence_transformer(str(st_folder), device="cpu")
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("repo_id", ['me/x"\nimport os; os.system("id")  #', "a/b/c", "org/", "x" * 97])
+def test_push_refuses_an_invalid_repo_id_in_one_line(tmp_path, tiny_model_path, capsys, repo_id):
+    from grace_trl.cli import main
+
+    assert main(["push", "--checkpoint", tiny_model_path, "--repo-id", repo_id, "--dry-run",
+                 str(tmp_path / "dry")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a valid Hub model id" in err
+    assert not (tmp_path / "dry").exists()
+
+
+def test_card_code_quotes_the_model_id():
+    import ast
+    import re
+
+    from grace_trl.model_card import build_model_card
+
+    model_id = 'runs/it\'s "mine"\\\nimport os'
+    card = str(build_model_card(model_id, GRACESettings()))
+    blocks = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        calls = [n for n in ast.walk(ast.parse(block)) if isinstance(n, ast.Call) and n.args
+                 and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str)]
+        assert [c.args[0].value for c in calls][:1] == [model_id]
+        assert "import os" not in [ast.unparse(n) for n in ast.parse(block).body]
+    assert "load_sentence_transformer(" in card and "trust_remote_code=True)" not in "".join(blocks)
