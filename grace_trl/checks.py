@@ -85,6 +85,8 @@ def validate_config_values(cfg) -> None:
         check_number(name, getattr(cfg, name), 0, integer=True)
     if cfg.num_generations is not None:
         check_number("num_generations", cfg.num_generations, 1, integer=True)
+    if isinstance(cfg.output_dir, str) and not cfg.output_dir.strip():
+        raise ValueError(f"GRACEConfig: output_dir must name a folder, got {_describe(cfg.output_dir)}")
     if not _is_int(cfg.max_steps) or cfg.max_steps == 0 or cfg.max_steps < -1:
         # 0 is not "no training": transformers would still run a step and exit 0
         raise ValueError(f"GRACEConfig: max_steps must be an integer >= 1 (or -1 for num_train_epochs), "
@@ -362,6 +364,19 @@ def remove_run_files(output_dir: str) -> list[str]:
             os.remove(full)
             removed.append(name)
     return removed
+
+
+def check_writable(output_dir: str) -> None:
+    """Fail before the model loads when ``output_dir`` cannot be created or written (read-only, no permission)."""
+    import tempfile
+
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".grace-write-test-"):
+            pass
+    except OSError as err:
+        raise RunStateError(f"output_dir {output_dir} is not writable ({err.strerror or err}); choose another "
+                            "output_dir") from None
 
 
 def trim_samples(samples_path: str, step: int) -> int:

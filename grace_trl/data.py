@@ -146,7 +146,13 @@ def _read_local(path: Path) -> _Rows:
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
+        import pyarrow as pa
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataValidationError(f"{path}: not a readable Parquet file ({' '.join(str(err).split())[:200]}); "
+                                      "is it another format under a .parquet name?") from None
     elif suffix == ".txt":
         rows = [{"text": line.rstrip("\n")} for line in io.StringIO(_read_text(path), newline=None) if line.strip()]
         if not rows:
@@ -184,6 +190,15 @@ def read_source(source: str, dataset_config: str | None = None, split: str = "tr
 
     try:
         return load_dataset(source, dataset_config, split=split)
+    except (ConnectionError, FileNotFoundError) as err:
+        # offline, or no such Hub dataset: say so in one line, with the names a typo was probably aiming at
+        import difflib
+
+        close = difflib.get_close_matches(source, list(SAMPLE_DATASETS), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else (
+            f"; local files need an existing path, committed samples are {sorted(SAMPLE_DATASETS)}")
+        raise DataValidationError(f"dataset {source!r} is neither a local file or folder nor a Hub dataset that can "
+                                  f"be loaded now ({' '.join(str(err).split())[:200]}){hint}") from None
     except ValueError as err:
         if not str(err).startswith("Unknown split"):
             raise

@@ -412,3 +412,118 @@ def test_card_code_quotes_the_model_id():
         assert [c.args[0].value for c in calls][:1] == [model_id]
         assert "import os" not in [ast.unparse(n) for n in ast.parse(block).body]
     assert "load_sentence_transformer(" in card and "trust_remote_code=True)" not in "".join(blocks)
+
+
+# ---------------------------------------------------------------- the encoder checks what training checks
+@pytest.mark.parametrize("key,value,expected", [
+    ("max_new_tokens", 1e8, "max_new_tokens must be an integer from 1 to"),
+    ("system_prompt", 5, "system_prompt must be a string or null, got 5 (int)"),
+    ("pooling", "cls", "pooling must be one of ['mean', 'rationale', 'last'], got 'cls'"),
+    ("chat_template_kwargs", ["enable_thinking"], "chat_template_kwargs must be an object"),
+])
+def test_bad_grace_config_values_name_file_and_key(tmp_path, tiny_model_path, key, value, expected):
+    from grace_trl.encoder import GRACEEncoder
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_path, folder)
+    (folder / SETTINGS_FILE).write_text(json.dumps({**vars(GRACESettings()), key: value}))
+    with pytest.raises(ValueError, match=rf"{folder / SETTINGS_FILE}: " + expected.replace("[", r"\[").replace(
+            "]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+        GRACEEncoder.from_pretrained(str(folder), device="cpu")
+
+
+def test_max_new_tokens_beyond_the_context_is_refused_at_load(tmp_path, tiny_model_path):
+    from grace_trl.encoder import GRACEEncoder
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_path, folder)
+    GRACESettings(max_new_tokens=5000).save(str(folder))
+    with pytest.raises(ValueError, match="max_new_tokens=5000 leaves no room for a text in the model's context of 1024"):
+        GRACEEncoder.from_pretrained(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_model_path):
+    from grace_trl.encoder import GRACEEncoder
+
+    return GRACEEncoder.from_pretrained(tiny_model_path, device="cpu")
+
+
+def test_text_beyond_the_context_is_named_before_generating(tiny_encoder):
+    with pytest.raises(ValueError, match=r"1 text\(s\) do not fit the model's context of 1024 tokens with "
+                                         r"max_new_tokens=8 .*texts\[1\]: \d+ tokens"):
+        tiny_encoder.encode(["short", "word " * 3000], max_new_tokens=8, show_progress_bar=False)
+
+
+def test_lone_surrogate_names_the_text(tiny_encoder):
+    with pytest.raises(ValueError, match=r"texts\[0\]: invalid Unicode at character 3 \('\\ud800' is a lone surrogate"):
+        tiny_encoder.encode(["abc\ud800def"], max_new_tokens=2, show_progress_bar=False)
+
+
+def test_a_tokenizer_of_another_model_is_refused(tmp_path, tiny_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from grace_trl.encoder import GRACEEncoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    small = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=1, num_attention_heads=4,
+                                                         num_key_value_heads=2, eos_token_id=2))
+    with pytest.raises(ValueError, match=rf"the tokenizer has {len(tok)} tokens but the model's embedding only 1000"):
+        GRACEEncoder(small, tok, name_or_path="mixed")
+    big = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok) + 100_000, hidden_size=32,
+                                                       intermediate_size=64, num_hidden_layers=1,
+                                                       num_attention_heads=4, num_key_value_heads=2,
+                                                       eos_token_id=len(tok) + 99_000))
+    with pytest.raises(ValueError, match=rf"EOS token id {len(tok) + 99_000} is outside the tokenizer's"):
+        GRACEEncoder(big, tok, name_or_path="mixed")
+
+
+# ---------------------------------------------------------------- one line instead of a traceback
+def _train_cli(argv):
+    from grace_trl.cli import main
+
+    return main(["train", "--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--num_generations", "2",
+                 "--per_device_train_batch_size", "2", *argv])
+
+
+@pytest.mark.parametrize("case", ["used", "missing_resume", "offline_hub", "parquet", "empty_output_dir",
+                                  "max_train_samples", "read_only"])
+def test_cli_input_errors_are_one_line(tmp_path, capsys, case):
+    out = tmp_path / "out"
+    no_model = str(tmp_path / "no-model")  # reaching the model would fail differently
+    argv = ["--output_dir", str(out), "--model_name_or_path", no_model]
+    if case == "used":
+        out.mkdir()
+        (out / "rationale_samples.jsonl").write_text('{"step": 0}\n')
+        expected = "already holds a run"
+    elif case == "missing_resume":
+        argv += ["--resume_from_checkpoint", str(tmp_path / "checkpoint-9")]
+        expected = f"resume_from_checkpoint {tmp_path / 'checkpoint-9'}: cannot resume from it: not a folder"
+    elif case == "offline_hub":
+        argv += ["--dataset_name", "sample-nlii"]
+        expected = "dataset 'sample-nlii' is neither a local file or folder nor a Hub dataset that can be loaded now"
+    elif case == "parquet":
+        fake = tmp_path / "rows.parquet"
+        fake.write_text("query,positive\nq,p\n")
+        argv += ["--dataset_name", str(fake)]
+        expected = f"{fake}: not a readable Parquet file"
+    elif case == "empty_output_dir":
+        argv[1] = ""
+        expected = "output_dir must name a folder"
+    elif case == "max_train_samples":
+        argv += ["--max_train_samples", "0"]
+        expected = "max_train_samples must be >= 1"
+    else:
+        if os.geteuid() == 0:  # root writes into read-only folders: use a folder that cannot be created instead
+            (tmp_path / "a-file").write_text("")
+            argv[1] = str(tmp_path / "a-file" / "out")
+        else:
+            out.mkdir()
+            out.chmod(0o555)
+        expected = "is not writable"
+    code = _train_cli(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+    if case == "offline_hub":
+        assert "did you mean 'sample-nli'?" in err[0]

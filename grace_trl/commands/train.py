@@ -131,7 +131,12 @@ def load_datasets(script_args: ScriptArguments, training_args: GRACEConfig):
             split=split, dataset_config=script_args.dataset_config,
             num_negatives=training_args.num_negatives if training_args.mode == "supervised" else None, limit=limit)
 
-    train = load(script_args.dataset_train_split, script_args.max_train_samples)
+    limit = script_args.max_train_samples
+    if limit is not None and limit < 1:
+        from ..cli_args import UsageError
+
+        raise UsageError(f"max_train_samples must be >= 1 (or unset for every row), got {limit}")
+    train = load(script_args.dataset_train_split, limit)
     test = script_args.dataset_test_split
     return train, (load(test, None) if test is not None else None)
 
@@ -197,10 +202,12 @@ def _check_output_dir(training_args: GRACEConfig) -> str | None:
     """Before anything loads: refuse a fresh run into a used output_dir; resolve ``last`` to a complete checkpoint."""
     from accelerate import PartialState
 
-    from ..checks import check_fresh_output_dir, resolve_resume_checkpoint
+    from ..checks import check_fresh_output_dir, check_writable, resolve_resume_checkpoint
     from ..trainer import SAMPLES_FILE
 
     main = PartialState().is_main_process
+    if main:
+        check_writable(training_args.output_dir)
     resume = training_args.resume_from_checkpoint
     check_fresh_output_dir(training_args.output_dir, SAMPLES_FILE, resume, training_args.overwrite_output_dir,
                            remove=main)
