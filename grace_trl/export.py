@@ -142,11 +142,11 @@ def export_checkpoint(checkpoint: str, output: str, mode: str = "merge", base_mo
         raise ValueError(f"mode must be 'merge' or 'adapter', got {mode!r}")
     if not os.path.isdir(checkpoint):
         raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
-    _check_output_location(checkpoint, output)
     check_complete_save(checkpoint)
     adapter = is_adapter_checkpoint(checkpoint)
     if not adapter and not os.path.isfile(os.path.join(checkpoint, "config.json")):
         raise FileNotFoundError(f"{checkpoint} has neither adapter_config.json (LoRA) nor config.json (full model)")
+    _check_output_location(checkpoint, output)
     if mode == "adapter" and not adapter:
         raise ValueError(f"{checkpoint} is a full checkpoint, not a LoRA adapter: nothing to export with --adapter")
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:

@@ -144,12 +144,15 @@ def load_datasets(script_args: ScriptArguments, training_args: GRACEConfig):
 def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: ModelConfig):
     from accelerate import PartialState
 
-    from ..checks import OutputDirLock
+    from ..checks import OutputDirLock, check_writable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     check_test_split(script_args, training_args)
+    main = PartialState().is_main_process
+    if main:
+        check_writable(training_args.output_dir)  # before the model loads, not at the first save
     # the whole run, final save included, holds output_dir: a second run into it is refused, naming this one
-    lock = OutputDirLock(training_args.output_dir).acquire() if PartialState().is_main_process else None
+    lock = OutputDirLock(training_args.output_dir).acquire() if main else None
     try:
         return _run_locked(script_args, training_args, model_args)
     finally:
@@ -202,12 +205,10 @@ def _check_output_dir(training_args: GRACEConfig) -> str | None:
     """Before anything loads: refuse a fresh run into a used output_dir; resolve ``last`` to a complete checkpoint."""
     from accelerate import PartialState
 
-    from ..checks import check_fresh_output_dir, check_writable, resolve_resume_checkpoint
+    from ..checks import check_fresh_output_dir, resolve_resume_checkpoint
     from ..trainer import SAMPLES_FILE
 
     main = PartialState().is_main_process
-    if main:
-        check_writable(training_args.output_dir)
     resume = training_args.resume_from_checkpoint
     check_fresh_output_dir(training_args.output_dir, SAMPLES_FILE, resume, training_args.overwrite_output_dir,
                            remove=main)
