@@ -179,7 +179,7 @@ def incomplete_save_problem(folder: str) -> str | None:
 
 
 def _trainer_checkpoint_whole(folder: str) -> bool:
-    """The Trainer writes ``trainer_state.json`` after everything else of a checkpoint: whole JSON there = whole save."""
+    """The Trainer writes ``trainer_state.json`` after the rest of a checkpoint: whole JSON there = whole save."""
     try:
         with open(os.path.join(folder, TRAINER_STATE), encoding="utf-8") as f:
             json.load(f)

@@ -161,7 +161,8 @@ def _model_folder(model_name_or_path: str, kwargs: dict) -> str:
     from huggingface_hub import snapshot_download
 
     return snapshot_download(model_name_or_path, revision=kwargs.pop("revision", None), token=kwargs.get("token"),
-                             cache_dir=kwargs.get("cache_folder"), local_files_only=kwargs.get("local_files_only", False))
+                             cache_dir=kwargs.get("cache_folder"),
+                             local_files_only=kwargs.get("local_files_only", False))
 
 
 def load_sentence_transformer(model_name_or_path: str, **kwargs):

