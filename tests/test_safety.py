@@ -528,3 +528,16 @@ def test_cli_input_errors_are_one_line(tmp_path, capsys, case):
     assert code == 2 and len(err) == 1 and expected in err[0], err
     if case == "offline_hub":
         assert "did you mean 'sample-nli'?" in err[0]
+
+
+def test_resume_onto_another_architecture_is_one_line(tmp_path, capsys):
+    from grace_trl.checks import RunStateError, check_resumed_run
+
+    ckpt = tmp_path / "checkpoint-1"
+    ckpt.mkdir()
+    saved = {"embedding": vars(GRACESettings()), "model": {"architecture": "a" * 64, "lora": False}, "data": "d"}
+    (ckpt / "grace_run.json").write_text(json.dumps(saved))
+    current = {**saved, "model": {"architecture": "b" * 64, "lora": False}}
+    with pytest.raises(RunStateError, match=r"checkpoint-1: .*\(model architecture differs from the checkpoint's\)"):
+        check_resumed_run(str(ckpt), current, "grace_run.json")
+    check_resumed_run(str(ckpt), saved, "grace_run.json")  # the same run resumes
