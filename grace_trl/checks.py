@@ -175,7 +175,8 @@ def incomplete_save_problem(folder: str) -> str | None:
     recover = (f"resume the run (resume_from_checkpoint=last) to finish it, or load {newest}" if newest else
                "resume the run (resume_from_checkpoint=last) to finish it")
     return (f"{folder} was written by a training run whose save did not finish (it has {', '.join(traces)} but no "
-            f"{SAVE_MARKER}); {recover}")
+            f"{SAVE_MARKER}); {recover}. A folder saved whole by grace-trl before it wrote {SAVE_MARKER} can be "
+            f"marked with grace_trl.checks.write_save_marker(folder)")
 
 
 def _trainer_checkpoint_whole(folder: str) -> bool:
