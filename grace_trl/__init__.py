@@ -12,7 +12,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_messages  # noqa: E402
 
 __all__ = ["GRACEConfig", "GRACETrainer", "GRACEEncoder", "GRACESettings", "DEFAULT_SYSTEM_PROMPT", "build_messages",
-           "__version__"]
+           "load_sentence_transformer", "__version__"]
 
 
 def __getattr__(name):  # heavy modules load on first use; embedding never needs TRL, so it is not imported here
@@ -32,4 +32,8 @@ def __getattr__(name):  # heavy modules load on first use; embedding never needs
         from .encoder import GRACEEncoder
 
         return GRACEEncoder
+    if name == "load_sentence_transformer":
+        from .st_module import load_sentence_transformer
+
+        return load_sentence_transformer
     raise AttributeError(name)

@@ -39,31 +39,39 @@ def make_key(**parts: Any) -> str:
     return hashlib.sha256(_canonical({"v": CACHE_FORMAT_VERSION, **parts})).hexdigest()
 
 
-def model_fingerprint(model, tokenizer=None, sample: int = 512) -> str:
-    """A content hash of a model's weights (sampled) + config + tokenizer chat template.
+def model_fingerprint(model, tokenizer=None) -> str:
+    """A content hash of a model: every weight's bytes, its config (less its path) and the tokenizer.
 
-    Hashing every weight would cost seconds for large models; the first and last ``sample``
-    values of every tensor change under any realistic fine-tune, and the hash depends only on
-    the weights, not on where or when the checkpoint was saved.
+    Every value is hashed, so a fine-tune that moves only the inside of a tensor changes the key; where the
+    checkpoint lives does not (``_name_or_path`` is left out), so a moved or copied folder keeps its hits.
+    Hashing runs at several GB/s, far below the cost of generating one batch of rationales.
     """
+    import json
+
     import torch
 
     h = hashlib.sha256()
     h.update(type(model).__name__.encode())
     config = getattr(model, "config", None)
     if config is not None:
-        h.update(config.to_json_string(use_diff=False).encode())
+        data = config.to_dict()
+        for key in ("_name_or_path", "transformers_version"):
+            data.pop(key, None)
+        h.update(json.dumps(data, sort_keys=True, default=str).encode())
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
+        for name, tensor in sorted(model.state_dict().items()):
             h.update(name.encode())
             h.update(str(tuple(tensor.shape)).encode())
             h.update(str(tensor.dtype).encode())
-            for part in (flat[:sample], flat[-sample:]):
-                h.update(part.to("cpu", torch.float32).numpy().tobytes())
+            flat = tensor.detach().reshape(-1).contiguous().cpu()
+            # bytes as stored, whatever the dtype (numpy has no bfloat16)
+            h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     if tokenizer is not None:
         h.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
         h.update(str(len(tokenizer)).encode())
+        vocab = getattr(tokenizer, "get_vocab", None)
+        if vocab is not None:
+            h.update(json.dumps(sorted(vocab().items())).encode())
     return h.hexdigest()
 
 
@@ -101,6 +109,11 @@ class RationaleCache:
         except FileNotFoundError:
             self.misses += 1
             return None
+        except OSError as err:  # a folder or an unreadable file in the entry's place: regenerate, leave it be
+            logger.warning("rationale cache: cannot read entry %s (%s); it will be regenerated", path,
+                           err.strerror or err)
+            self.misses += 1
+            return None
         try:
             entry = json.loads(raw.decode("utf-8"))
             payload = entry["payload"]
@@ -121,6 +134,15 @@ class RationaleCache:
         self.hits += 1
         return result
 
+    def discard(self, key: str, reason: str) -> None:
+        """Drop an entry that parsed but does not match what it claims (e.g. text and token ids disagree)."""
+        path = self.path(key)
+        logger.warning("rationale cache: dropping inconsistent entry %s (%s); it will be regenerated", path, reason)
+        self._remove(path)
+        self.hits -= 1
+        self.misses += 1
+        self.recovered += 1
+
     def put(self, key: str, rationale: CachedRationale, meta: dict | None = None) -> Path:
         """Atomically install one entry (temp file in the same directory + ``os.replace``)."""
         path = self.path(key)
@@ -137,8 +159,11 @@ class RationaleCache:
             "checksum": _payload_checksum(payload),
             "meta": meta or {},
         }
-        with atomic_write(path, "wb") as f:
-            f.write(json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+        try:
+            with atomic_write(path, "wb") as f:
+                f.write(json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+        except OSError as err:  # e.g. a folder in the entry's place: the rationale is still returned, only not kept
+            logger.warning("rationale cache: cannot write entry %s (%s)", path, err.strerror or err)
         return path
 
     def __contains__(self, key: str) -> bool:

@@ -26,6 +26,23 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 TEMP_FILE_RE = re.compile(r"^\.tmp\w+$|\.tmp$")
 # Consecutive steps without learning signal before the warning adds what to change.
 DEAD_STEP_HINT_AFTER = 3
+# Written last by every GRACE save: a folder a training run wrote without it holds a save that was cut short.
+SAVE_MARKER = "grace_save_complete.json"
+# What a training run leaves in a folder; with one of these and no SAVE_MARKER, the folder's save did not finish.
+TRAINING_TRACES = ("training_args.bin", TRAINER_STATE, "rationale_samples.jsonl", "training_curves.csv")
+# Top-level files of a finished run's model (removed when a new run overwrites the folder).
+RUN_FILE_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                     "pytorch_model*.bin", "pytorch_model.bin.index.json", "adapter_config.json", "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+                     "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "grace_config.json",
+                     "modules.json", "config_sentence_transformers.json", "grace_sentence_transformers.json",
+                     "README.md", "training_args.bin", TRAINER_STATE, "training_curves.csv", "training_curves.png",
+                     "grace_run.json", SAVE_MARKER)
+LOCK_FILE = ".grace-trl.lock"
+
+
+class RunStateError(ValueError):
+    """The output folder or checkpoint does not allow what was asked (used, locked, incomplete, changed)."""
 
 
 # ------------------------------------------------------------------ the TRL it is built on
@@ -118,8 +135,12 @@ def validate_config_values(cfg) -> None:
         check_number(name, getattr(cfg, name), 0, integer=True)
     if cfg.num_generations is not None:
         check_number("num_generations", cfg.num_generations, 1, integer=True)
-    if not _is_int(cfg.max_steps):
-        raise ValueError(f"GRACEConfig: max_steps must be an integer (-1 for epochs), got {_describe(cfg.max_steps)}")
+    if isinstance(cfg.output_dir, str) and not cfg.output_dir.strip():
+        raise ValueError(f"GRACEConfig: output_dir must name a folder, got {_describe(cfg.output_dir)}")
+    if not _is_int(cfg.max_steps) or cfg.max_steps == 0 or cfg.max_steps < -1:
+        # 0 is not "no training": transformers would still run a step and exit 0
+        raise ValueError(f"GRACEConfig: max_steps must be an integer >= 1 (or -1 for num_train_epochs), "
+                         f"got {_describe(cfg.max_steps)}")
     for name in ("system_prompt", "instruction"):
         value = getattr(cfg, name)
         if value is not None and not isinstance(value, str):
@@ -167,6 +188,62 @@ def checkpoint_problem(path: str) -> str | None:
     if not any(os.path.isfile(os.path.join(path, w)) for w in WEIGHT_FILES):
         return "no model weights"
     return None
+
+
+def write_save_marker(folder: str, step: int | None = None) -> None:
+    """Mark ``folder``'s save complete; called after every other file of the save is written."""
+    from .files import atomic_write
+
+    files = sorted(n for n in os.listdir(folder) if n != SAVE_MARKER and not n.startswith("."))
+    with atomic_write(os.path.join(folder, SAVE_MARKER)) as f:
+        json.dump({"global_step": step, "files": files}, f, indent=2)
+
+
+def remove_save_marker(folder: str) -> None:
+    """Called before a save starts writing, so a save cut short never keeps an earlier save's marker."""
+    try:
+        os.remove(os.path.join(folder, SAVE_MARKER))
+    except FileNotFoundError:
+        pass
+
+
+def incomplete_save_problem(folder: str) -> str | None:
+    """Why ``folder`` must not be loaded as a model: a training run wrote it and its save did not finish.
+
+    A base model (no training traces) and a complete Trainer checkpoint (``trainer_state.json`` is written
+    last) pass; so does any folder with :data:`SAVE_MARKER`.
+    """
+    if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, SAVE_MARKER)):
+        return None
+    if CHECKPOINT_RE.match(os.path.basename(os.path.normpath(folder))) and _trainer_checkpoint_whole(folder):
+        return None
+    traces = [n for n in TRAINING_TRACES if os.path.exists(os.path.join(folder, n))]
+    traces += [os.path.basename(p) for _, p in checkpoint_dirs(folder)][:3]
+    if not traces:
+        return None
+    newest = next((p for _, p in checkpoint_dirs(folder) if checkpoint_problem(p) is None), None)
+    recover = (f"resume the run (resume_from_checkpoint=last) to finish it, or load {newest}" if newest else
+               "resume the run (resume_from_checkpoint=last) to finish it")
+    return (f"{folder} was written by a training run whose save did not finish (it has {', '.join(traces)} but no "
+            f"{SAVE_MARKER}); {recover}. A folder saved whole by grace-trl before it wrote {SAVE_MARKER} can be "
+            f"marked with grace_trl.checks.write_save_marker(folder)")
+
+
+def _trainer_checkpoint_whole(folder: str) -> bool:
+    """The Trainer writes ``trainer_state.json`` after the rest of a checkpoint: whole JSON there = whole save."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE), encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return any(os.path.isfile(os.path.join(folder, w)) for w in WEIGHT_FILES)
+
+
+def check_complete_save(folder: str) -> None:
+    """Refuse a folder whose save was cut short (see :func:`incomplete_save_problem`)."""
+    problem = incomplete_save_problem(folder)
+    if problem is not None:
+        raise RunStateError(problem)
 
 
 def checkpoint_step(path: str) -> int:
@@ -217,12 +294,55 @@ def resolve_resume_checkpoint(output_dir: str, resume, clean: bool = True) -> st
                 return path
             skipped.append((path, problem))
         detail = "; ".join(f"{p}: {why}" for p, why in skipped) or "no checkpoint-N folders"
-        raise ValueError(f"resume_from_checkpoint={resume!r}: no complete checkpoint in {output_dir} ({detail})")
+        raise RunStateError(f"resume_from_checkpoint={resume!r}: no complete checkpoint in {output_dir} ({detail})")
     path = str(resume)
     problem = checkpoint_problem(path)
     if problem is not None:
-        raise ValueError(f"resume_from_checkpoint {path}: cannot resume from it: {problem}")
+        raise RunStateError(f"resume_from_checkpoint {path}: cannot resume from it: {problem}")
     return path
+
+
+def check_resumed_run(checkpoint: str, current: dict, run_file: str) -> None:
+    """Refuse resuming with another embedding definition, model or data; warn about changed optimisation.
+
+    ``current`` is :meth:`GRACETrainer.run_identity`; the checkpoint's copy is ``run_file`` (or, for a
+    checkpoint saved before it existed, its ``grace_config.json``). A changed prompt or pooling would make
+    ``grace_config.json`` describe an embedding that earlier steps never trained.
+    """
+    path = os.path.join(checkpoint, run_file)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    else:
+        from .settings import GRACESettings
+
+        settings = GRACESettings.load(checkpoint)
+        if settings is None:
+            return
+        saved = {"embedding": {k: v for k, v in vars(settings).items() if k != "reward_variant"}}
+    refused, warned = [], []
+    for key, value in (current.get("embedding") or {}).items():
+        if key in saved.get("embedding", {}) and saved["embedding"][key] != value:
+            refused.append(f"{key}: {saved['embedding'][key]!r} -> {value!r}")
+    for key, value in (current.get("model") or {}).items():
+        if key in saved.get("model", {}) and saved["model"][key] != value:
+            refused.append("model architecture differs from the checkpoint's" if key == "architecture" else
+                           f"model {key}: {saved['model'][key]!r} -> {value!r}")
+    if saved.get("data") is not None and current.get("data") is not None and saved["data"] != current["data"]:
+        refused.append("the training data differs (other rows, order or max_train_samples)")
+    for key, value in (current.get("optimisation") or {}).items():
+        old = (saved.get("optimisation") or {}).get(key, value)
+        if old != value:
+            warned.append(f"{key}: {old!r} -> {value!r}")
+    if saved.get("model_name") and current.get("model_name") and saved["model_name"] != current["model_name"]:
+        warned.append(f"model_name_or_path: {saved['model_name']!r} -> {current['model_name']!r}")
+    if refused:
+        raise RunStateError(f"resume_from_checkpoint {checkpoint}: this run differs from the checkpoint's in what "
+                            f"defines the embedding, the model or the data ({'; '.join(refused)}); restore them, or "
+                            "start a new run in another output_dir")
+    if warned:
+        logger.warning("resume from %s with changed optimisation settings (%s): the resumed run will not reproduce "
+                       "an uninterrupted one", checkpoint, "; ".join(warned))
 
 
 def used_output_dir_entries(output_dir: str, samples_file: str) -> list[str]:
@@ -230,7 +350,7 @@ def used_output_dir_entries(output_dir: str, samples_file: str) -> list[str]:
     if not os.path.isdir(output_dir):
         return []
     names = set(os.listdir(output_dir))
-    markers = [samples_file, TRAINER_STATE, "grace_config.json", *WEIGHT_FILES]
+    markers = [samples_file, TRAINER_STATE, "grace_config.json", SAVE_MARKER, "training_args.bin", *WEIGHT_FILES]
     found = [n for n in markers if n in names]
     found += [os.path.basename(p) for _, p in sorted(checkpoint_dirs(output_dir))]
     return found
@@ -248,7 +368,7 @@ def check_fresh_output_dir(output_dir: str, samples_file: str, resume, overwrite
     if not used:
         return
     if not overwrite:
-        raise ValueError(
+        raise RunStateError(
             f"output_dir {output_dir} already holds a run ({', '.join(used[:6])}{', ...' if len(used) > 6 else ''}); "
             "pass overwrite_output_dir=True (--overwrite_output_dir true) to start over, "
             "resume_from_checkpoint=last to continue it, or choose another output_dir")
@@ -259,12 +379,55 @@ def check_fresh_output_dir(output_dir: str, samples_file: str, resume, overwrite
     if os.path.isfile(samples):
         os.remove(samples)
         removed.append(samples_file)
+    remove_save_marker(output_dir)  # first: the old model must never again look complete
     for _, path in checkpoint_dirs(output_dir):
         shutil.rmtree(path)
         removed.append(os.path.basename(path))
+    removed += remove_run_files(output_dir)
     remove_orphaned_temp_files(output_dir)
     if removed:
         logger.warning("overwrite_output_dir: removed %s from %s", ", ".join(removed), output_dir)
+
+
+def remove_run_files(output_dir: str) -> list[str]:
+    """Delete a finished run's top-level model, card and sentence-transformers files (overwrite_output_dir).
+
+    Otherwise a new run cut short before its final save would leave the old model under the new run's name.
+    """
+    import fnmatch
+
+    removed = []
+    modules = os.path.join(output_dir, "modules.json")
+    if os.path.isfile(modules):
+        try:
+            with open(modules, encoding="utf-8") as f:
+                folders = [m.get("path") for m in json.load(f) if isinstance(m, dict)]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            folders = []
+        for sub in folders:
+            full = os.path.join(output_dir, sub) if sub else None
+            if full and os.path.isdir(full) and os.path.dirname(os.path.normpath(sub)) == "":
+                shutil.rmtree(full)
+                removed.append(sub)
+    for name in sorted(os.listdir(output_dir)):
+        full = os.path.join(output_dir, name)
+        if os.path.isfile(full) and any(fnmatch.fnmatch(name, p) for p in RUN_FILE_PATTERNS):
+            os.remove(full)
+            removed.append(name)
+    return removed
+
+
+def check_writable(output_dir: str) -> None:
+    """Fail before the model loads when ``output_dir`` cannot be created or written (read-only, no permission)."""
+    import tempfile
+
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".grace-write-test-"):
+            pass
+    except OSError as err:
+        raise RunStateError(f"output_dir {output_dir} is not writable ({err.strerror or err}); choose another "
+                            "output_dir") from None
 
 
 def trim_samples(samples_path: str, step: int) -> int:
@@ -386,3 +549,75 @@ __all__ = [
     "context_length", "finite_or_none", "remove_orphaned_temp_files", "resolve_resume_checkpoint", "trim_samples",
     "validate_config_values",
 ]
+
+
+# ------------------------------------------------------------------ one run per output_dir
+_HELD_LOCKS: dict[str, "OutputDirLock"] = {}
+
+
+class OutputDirLock:
+    """An exclusive lock on ``output_dir`` (``flock`` on ``.grace-trl.lock``) held for a whole run.
+
+    Two runs into one folder would interleave checkpoints and samples and both exit 0. The lock dies with
+    its process (a kill -9 frees it), and the file says who holds it, so the refusal can name the holder.
+    Re-entrant within a process: the train command and the trainer both take it.
+    """
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+        self.key = os.path.realpath(output_dir)
+        self._file = None
+        self._depth = 0
+        self._outer: OutputDirLock | None = None  # the lock this process already holds on the folder
+
+    def acquire(self) -> "OutputDirLock":
+        held = _HELD_LOCKS.get(self.key)
+        if held is not None:
+            held._depth += 1
+            self._outer = held
+            return self
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no flock; runs are not guarded there
+            return self
+        import socket
+        import sys
+        import time
+
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = os.path.join(self.output_dir, LOCK_FILE)
+        f = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = " ".join(f.read().split()) or "another process"
+            f.close()
+            raise RunStateError(f"output_dir {self.output_dir} is in use by another run ({holder}); wait for it to "
+                                "finish or choose another output_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                f"{' '.join(sys.argv)[:200]}\n")
+        f.flush()
+        self._file, self._depth = f, 1
+        _HELD_LOCKS[self.key] = self
+        return self
+
+    def release(self) -> None:
+        if self._outer is not None:
+            outer, self._outer = self._outer, None
+            outer.release()
+            return
+        self._depth -= 1
+        if self._depth > 0 or self._file is None:
+            return
+        _HELD_LOCKS.pop(self.key, None)
+        self._file.close()  # closing the descriptor releases the flock
+        self._file = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

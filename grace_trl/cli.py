@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -18,6 +19,10 @@ COMMANDS = {
     "export": ("grace_trl.commands.export", "Export a (LoRA) checkpoint as merged weights or adapter."),
     "push": ("grace_trl.commands.push", "Push a trained model to the Hugging Face Hub."),
 }
+
+
+# Errors of the file system rather than of grace-trl: reported in one line.
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 def _usage() -> str:
@@ -41,18 +46,26 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"grace-trl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from .checks import RunStateError
     from .cli_args import UsageError
     from .data import DataValidationError
 
     module = importlib.import_module(COMMANDS[name][0])
     try:
         result = module.main(rest)
-    except (UsageError, FileNotFoundError, DataValidationError) as err:
+    except (UsageError, FileNotFoundError, DataValidationError, RunStateError) as err:
         # the user's input is wrong, not the program: one line, as argparse reports a bad flag
         message = str(err) if not isinstance(err, FileNotFoundError) or not err.filename else \
             f"{err.strerror}: {err.filename}"
         print(f"grace-trl {name}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        # the machine, not the program: a full disk or a read-only folder ends in one line, naming the file
+        where = f": {err.filename}" if err.filename else ""
+        print(f"grace-trl {name}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

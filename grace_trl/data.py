@@ -103,13 +103,29 @@ def _read_local(path: Path) -> _Rows:
     suffix = path.suffix
     if suffix in (".csv", ".tsv"):
         text = _read_text(path)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-        rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
-        if not reader.fieldnames:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header = next(reader, None)
+        if not header:
             raise DataValidationError(f"{path}: the file is empty (expected a header line and rows)")
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise DataValidationError(f"{path}, line 1: column(s) {repeated} appear more than once in the header; "
+                                      "rename them so each column has one name")
+        rows = []
+        sep = "tab" if delimiter == "\t" else "comma"
+        for record in reader:
+            if not record:
+                continue  # a blank line
+            if len(record) != len(header):
+                # csv counts physical lines, so a quoted field spanning lines still reports where the row ends
+                raise DataValidationError(
+                    f"{path}, line {reader.line_num}: {len(record)} field(s) where the header has {len(header)}; "
+                    f"a field holding a {sep} must be quoted (\"...\")")
+            rows.append(dict(zip(header, record)))
         if not rows:
-            raise DataValidationError(f"{path}: the file has a header ({', '.join(reader.fieldnames)}) but no rows")
-        return _Rows(rows, reader.fieldnames)
+            raise DataValidationError(f"{path}: the file has a header ({', '.join(header)}) but no rows")
+        return _Rows(rows, header)
     if suffix == ".jsonl":
         rows = []
         for line_no, line in enumerate(io.StringIO(_read_text(path), newline=None), 1):
@@ -130,9 +146,14 @@ def _read_local(path: Path) -> _Rows:
         if not isinstance(rows, list):
             raise DataValidationError(f"{path}: expected a JSON list of objects")
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataValidationError(f"{path}: not a readable Parquet file ({' '.join(str(err).split())[:200]}); "
+                                      "is it another format under a .parquet name?") from None
     elif suffix == ".txt":
         rows = [{"text": line.rstrip("\n")} for line in io.StringIO(_read_text(path), newline=None) if line.strip()]
         if not rows:
@@ -170,6 +191,15 @@ def read_source(source: str, dataset_config: str | None = None, split: str = "tr
 
     try:
         return load_dataset(source, dataset_config, split=split)
+    except (ConnectionError, FileNotFoundError) as err:
+        # offline, or no such Hub dataset: say so in one line, with the names a typo was probably aiming at
+        import difflib
+
+        close = difflib.get_close_matches(source, list(SAMPLE_DATASETS), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else (
+            f"; local files need an existing path, committed samples are {sorted(SAMPLE_DATASETS)}")
+        raise DataValidationError(f"dataset {source!r} is neither a local file or folder nor a Hub dataset that can "
+                                  f"be loaded now ({' '.join(str(err).split())[:200]}){hint}") from None
     except ValueError as err:
         if not str(err).startswith("Unknown split"):
             raise

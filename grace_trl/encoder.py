@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from .aliases import resolve_model_name
 from .cache import CachedRationale, RationaleCache, make_key, model_fingerprint
+from .checks import check_complete_save, context_length
 from .generation import BACKENDS, HFRationaleGenerator, RationaleGenerator, eos_token_ids, split_at_eos
-from .pooling import POOLING_METHODS, embed_token_sequences, pool_span
+from .pooling import embed_token_sequences, pool_span
 from .prompts import PromptEncoder
 from .settings import GRACESettings
 
@@ -90,6 +91,24 @@ def _check_max_new_tokens(value, default: int) -> int:
     return int(value)
 
 
+def check_tokenizer_matches(model, tokenizer, name: str) -> None:
+    """Refuse a tokenizer whose ids the model cannot read, or that cannot write the model's EOS.
+
+    A mismatched pair loads and embeds without an error, but every text then maps to nearly the same vector.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise ValueError(f"{name}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only {rows}: "
+                         "they do not belong together (a tokenizer from another model?)")
+    config_eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    eos = [config_eos] if isinstance(config_eos, int) else list(config_eos or [])
+    beyond = [e for e in eos if isinstance(e, int) and e >= len(tokenizer)]
+    if beyond:
+        raise ValueError(f"{name}: the model's EOS token id {beyond[0]} is outside the tokenizer's {len(tokenizer)} "
+                         "tokens: the tokenizer belongs to another model")
+
+
 def _warn_trained_without_settings(path: str) -> None:
     """A folder written by a Trainer but lacking ``grace_config.json`` would embed with defaults that may differ."""
     from .settings import SETTINGS_FILE
@@ -119,9 +138,12 @@ class GRACEEncoder:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.settings = settings or GRACESettings()
-        if self.settings.pooling not in POOLING_METHODS:
-            raise ValueError(f"grace_config.json: pooling must be one of {POOLING_METHODS}, "
-                             f"got {self.settings.pooling!r}")
+        self.settings.validate(f"{name_or_path}/grace_config.json" if name_or_path else "settings")
+        self.context_length = context_length(getattr(model, "config", None))
+        if self.context_length is not None and self.settings.max_new_tokens >= self.context_length:
+            raise ValueError(f"{name_or_path or 'settings'}: max_new_tokens={self.settings.max_new_tokens} leaves no "
+                             f"room for a text in the model's context of {self.context_length} tokens")
+        check_tokenizer_matches(model, tokenizer, name_or_path or "the model")
         self.name_or_path = name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or "model"
         self.generator: RationaleGenerator = generator or HFRationaleGenerator(model, tokenizer)
         self.backend_name = backend_name or getattr(self.generator, "name", type(self.generator).__name__)
@@ -153,6 +175,8 @@ class GRACEEncoder:
         """
         from transformers import AutoTokenizer
 
+        if os.path.isdir(os.path.expanduser(str(name_or_path))):
+            check_complete_save(os.path.expanduser(str(name_or_path)))  # before "no config.json": say why
         path = resolve_model_name(name_or_path)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -213,6 +237,24 @@ class GRACEEncoder:
             seed=seed,
         )
 
+    def _cache_entry_problem(self, hit: CachedRationale, max_new_tokens: int) -> str | None:
+        """Why a cached rationale cannot be what this model generated (None when it can).
+
+        The entry's checksum only shows it was not cut or garbled; an entry edited by hand (with a recomputed
+        checksum) or written by another tokenizer is caught by re-deriving its text and ending from its ids.
+        """
+        ids = hit.completion_ids
+        if len(ids) > max_new_tokens:
+            return f"{len(ids)} token ids for max_new_tokens={max_new_tokens}"
+        if any(i < 0 or i >= len(self.tokenizer) for i in ids):
+            return "token ids outside the tokenizer's vocabulary"
+        if self.tokenizer.decode(ids, skip_special_tokens=True) != hit.text:
+            return "its text is not the decoding of its token ids"
+        _, truncated = split_at_eos(ids, eos_token_ids(self.model, self.tokenizer))
+        if truncated != hit.truncated:
+            return "its truncated flag does not match its token ids"
+        return None
+
     def generate_rationales(
         self,
         texts: Sequence[str],
@@ -236,6 +278,10 @@ class GRACEEncoder:
         if use_cache:
             for i, key in enumerate(keys):
                 hit = self.cache.get(key)
+                problem = None if hit is None else self._cache_entry_problem(hit, max_new_tokens)
+                if problem is not None:
+                    self.cache.discard(key, problem)
+                    hit = None
                 if hit is None:
                     todo.append(i)
                 else:
@@ -330,6 +376,11 @@ class GRACEEncoder:
                 # the prompt would have no content span to pool, and the chat template may drop it
                 raise ValueError(f"texts[{i}] is empty; GRACE embeds a text through its content, so pass "
                                  "non-empty strings")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"texts[{i}]: invalid Unicode at character {err.start} ({t[err.start]!r} is a lone "
+                                 "surrogate)") from None
         if not texts:
             raise ValueError("encode() got no texts")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -339,6 +390,8 @@ class GRACEEncoder:
             self.generator.batch_size = batch_size
         pe = self.prompt_encoder(system_prompt, instruction)
         prompts = [pe(t) for t in texts]
+        self._check_context(prompts, _check_max_new_tokens(max_new_tokens, self.settings.max_new_tokens)
+                            if use_rationale else 0)
         if use_rationale:
             rationales = self.generate_rationales(texts, max_new_tokens, temperature, seed, system_prompt,
                                                   instruction, show_progress_bar)
@@ -354,6 +407,18 @@ class GRACEEncoder:
             out = out[0]
             rationales = rationales[0]
         return (out, rationales) if return_rationales else out
+
+    def _check_context(self, prompts, max_new_tokens: int) -> None:
+        """Refuse texts whose prompt plus rationale exceeds the model's context, as training does, before any work."""
+        if self.context_length is None:
+            return
+        budget = self.context_length - max_new_tokens
+        too_long = [(i, len(p.input_ids)) for i, p in enumerate(prompts) if len(p.input_ids) > budget]
+        if too_long:
+            shown = "; ".join(f"texts[{i}]: {n} tokens" for i, n in too_long[:10])
+            raise ValueError(f"{len(too_long)} text(s) do not fit the model's context of {self.context_length} tokens "
+                             f"with max_new_tokens={max_new_tokens} (at most {budget} prompt tokens): {shown}. "
+                             "Shorten them or lower max_new_tokens")
 
     def encode_query(self, texts: str | Sequence[str], **kwargs):
         """``encode`` with the ``"query"`` prompt when ``self.prompts`` has one (GRACE shares one prompt)."""

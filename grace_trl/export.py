@@ -16,6 +16,8 @@ import logging
 import os
 import shutil
 
+from .checks import check_complete_save
+from .files import current_umask
 from .settings import SETTINGS_FILE
 
 logger = logging.getLogger("grace_trl")
@@ -47,12 +49,51 @@ def _has_tokenizer(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
-    if os.path.exists(output) and os.listdir(output):
+def _check_output_location(checkpoint: str, output: str) -> None:
+    """Refuse an ``output`` that is, holds or lies inside the checkpoint or its training folder.
+
+    ``--overwrite`` deletes ``output``; when the checkpoint lives in it (``--checkpoint OUT/checkpoint-2
+    --output OUT``) that would delete the run it is exporting.
+    """
+    ckpt, out = os.path.realpath(checkpoint), os.path.realpath(output)
+    protected = [ckpt]
+    parent = os.path.dirname(ckpt)
+    if os.path.basename(ckpt).startswith("checkpoint-") or os.path.isfile(os.path.join(parent, "trainer_state.json")):
+        protected.append(parent)  # the training folder around checkpoint-N
+    for folder in protected:
+        if out == folder or out.startswith(folder + os.sep) or ckpt.startswith(out + os.sep):
+            raise ValueError(f"--output {output} is, contains or lies inside the checkpoint or its training folder "
+                             f"{folder}; export to a separate folder")
+
+
+def _staging_folder(output: str) -> str:
+    """A fresh folder next to ``output``: the export is written there and renamed into place when complete."""
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(output)) or "."
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}-", suffix=".export-tmp",
+                            dir=parent)
+
+
+def _install_output(staging: str, output: str, overwrite: bool) -> None:
+    """Replace ``output`` by the complete ``staging`` folder; the old folder is deleted only after the rename."""
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
         if not overwrite:
             raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(output)
-    os.makedirs(output, exist_ok=True)
+        old = staging + ".old"
+        os.replace(output, old)
+        os.replace(staging, output)
+        if os.path.isdir(old):
+            shutil.rmtree(old)
+        else:
+            os.remove(old)
+    else:
+        if os.path.isdir(output):
+            os.rmdir(output)
+        os.replace(staging, output)
+    # mkdtemp creates 0700; the exported model is meant to be shared as any folder the user creates
+    os.chmod(output, 0o777 & ~current_umask())
 
 
 def _copy_settings(checkpoint: str, output: str) -> bool:
@@ -101,42 +142,49 @@ def export_checkpoint(checkpoint: str, output: str, mode: str = "merge", base_mo
         raise ValueError(f"mode must be 'merge' or 'adapter', got {mode!r}")
     if not os.path.isdir(checkpoint):
         raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
-    if os.path.abspath(checkpoint) == os.path.abspath(output):
-        raise ValueError("--output must differ from --checkpoint")
+    check_complete_save(checkpoint)
     adapter = is_adapter_checkpoint(checkpoint)
     if not adapter and not os.path.isfile(os.path.join(checkpoint, "config.json")):
         raise FileNotFoundError(f"{checkpoint} has neither adapter_config.json (LoRA) nor config.json (full model)")
+    _check_output_location(checkpoint, output)
     if mode == "adapter" and not adapter:
         raise ValueError(f"{checkpoint} is a full checkpoint, not a LoRA adapter: nothing to export with --adapter")
-    _prepare_output(output, overwrite)
-    summary = {"checkpoint": checkpoint, "output": output, "mode": mode, "lora": adapter}
-    if adapter and mode == "merge":
-        merge_adapter(checkpoint, output, base_model, dtype)
-        summary["base_model"] = base_model or adapter_base_model(checkpoint)
-    elif adapter:
-        files = _copy_matching(checkpoint, output, ADAPTER_FILES + TOKENIZER_FILE_PATTERNS)
-        if base_model:
-            path = os.path.join(output, "adapter_config.json")
-            with open(path, encoding="utf-8") as f:
-                cfg = json.load(f)
-            cfg["base_model_name_or_path"] = base_model
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(cfg, f, indent=2)
-        summary.update(files=files, base_model=base_model or adapter_base_model(checkpoint))
-    else:
-        files = _copy_matching(checkpoint, output, MODEL_FILE_PATTERNS + TOKENIZER_FILE_PATTERNS)
-        summary["files"] = files
-    summary["grace_config"] = _copy_settings(checkpoint, output)
-    if summary["grace_config"]:
-        from .settings import GRACESettings
-        from .st_module import SENTENCE_TRANSFORMERS_POOLING, write_sentence_transformers_files
-
-        # SentenceTransformer(output, trust_remote_code=True) embeds as GRACEEncoder(use_rationale=False)
-        pooling = GRACESettings.load(output).pooling
-        summary["sentence_transformers"] = pooling in SENTENCE_TRANSFORMERS_POOLING
-        if summary["sentence_transformers"]:
-            write_sentence_transformers_files(output)
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
+        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
+    staging = _staging_folder(output)
+    try:
+        summary = {"checkpoint": checkpoint, "output": output, "mode": mode, "lora": adapter}
+        if adapter and mode == "merge":
+            merge_adapter(checkpoint, staging, base_model, dtype)
+            summary["base_model"] = base_model or adapter_base_model(checkpoint)
+        elif adapter:
+            files = _copy_matching(checkpoint, staging, ADAPTER_FILES + TOKENIZER_FILE_PATTERNS)
+            if base_model:
+                path = os.path.join(staging, "adapter_config.json")
+                with open(path, encoding="utf-8") as f:
+                    cfg = json.load(f)
+                cfg["base_model_name_or_path"] = base_model
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(cfg, f, indent=2)
+            summary.update(files=files, base_model=base_model or adapter_base_model(checkpoint))
         else:
-            logger.warning("pooling=%r has no sentence-transformers equivalent; %s is for GRACEEncoder only",
-                           pooling, output)
+            files = _copy_matching(checkpoint, staging, MODEL_FILE_PATTERNS + TOKENIZER_FILE_PATTERNS)
+            summary["files"] = files
+        summary["grace_config"] = _copy_settings(checkpoint, staging)
+        if summary["grace_config"]:
+            from .settings import GRACESettings
+            from .st_module import SENTENCE_TRANSFORMERS_POOLING, write_sentence_transformers_files
+
+            # SentenceTransformer(output) embeds as GRACEEncoder(use_rationale=False)
+            pooling = GRACESettings.load(staging).pooling
+            summary["sentence_transformers"] = pooling in SENTENCE_TRANSFORMERS_POOLING
+            if summary["sentence_transformers"]:
+                write_sentence_transformers_files(staging)
+            else:
+                logger.warning("pooling=%r has no sentence-transformers equivalent; %s is for GRACEEncoder only",
+                               pooling, output)
+        _install_output(staging, output, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return summary

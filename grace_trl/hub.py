@@ -3,7 +3,7 @@
 The folder holds the causal-LM weights and tokenizer unchanged (so it still generates rationales),
 ``grace_config.json`` (so :class:`~grace_trl.encoder.GRACEEncoder` embeds exactly as training did), a
 model card, and sentence-transformers files. A sentence-transformers module cannot generate a rationale,
-so ``SentenceTransformer(repo, trust_remote_code=True)`` is GRACE's *no-rationale* encoder, equal to
+so ``grace_trl.load_sentence_transformer(repo)`` is GRACE's *no-rationale* encoder, equal to
 ``GRACEEncoder.encode(..., use_rationale=False)`` (see :mod:`grace_trl.st_module`). The
 rationale-conditioned embedding (GRACE's main mode) needs ``GRACEEncoder``."""
 
@@ -78,6 +78,24 @@ def _training_summary(checkpoint_dir: str) -> dict[str, Any] | None:
     return {k: state[k] for k in keys if k in state} or None
 
 
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if it is a Hub model id (``name`` or ``namespace/name``, Hub naming rules), else a ValueError.
+
+    It is written into the model card's code and sent to the Hub, so quotes or a newline must never get that far.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or not repo_id:
+        raise ValueError(f"--repo-id must be a Hub model id like 'org/name', got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"--repo-id {repo_id!r} is not a valid Hub model id ('org/name'; letters, digits, '-', '_', "
+                         f"'.'; at most 96 characters): {' '.join(str(err).split())}") from None
+    return repo_id
+
+
 def prepare_hub_folder(checkpoint_dir: str, output_dir: str, repo_id: str = "grace-model",
                        results: str | Mapping[str, Any] | None = None, base_model: str | None = None,
                        max_seq_length: int | None = None, overwrite: bool = False) -> str:
@@ -87,6 +105,7 @@ def prepare_hub_folder(checkpoint_dir: str, output_dir: str, repo_id: str = "gra
     from .export import adapter_base_model, export_checkpoint, is_adapter_checkpoint
     from .st_module import check_sentence_transformers_pooling
 
+    check_repo_id(repo_id)
     # the folder ships a sentence-transformers module: refuse a pooling it would silently change, before any work
     check_sentence_transformers_pooling(GRACESettings.load(checkpoint_dir) or GRACESettings())
     if is_adapter_checkpoint(checkpoint_dir):
@@ -121,6 +140,7 @@ def push_to_hub(checkpoint_dir: str, repo_id: str, private: bool = False, token:
     """
     from huggingface_hub import HfApi
 
+    check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="grace-push-") as tmp:
         folder = prepare_hub_folder(checkpoint_dir, os.path.join(tmp, "repo"), repo_id, results, base_model)
         api = HfApi(token=token)

@@ -8,6 +8,7 @@ card says the same wherever it was written: the base model, what GRACE is, how t
 from __future__ import annotations
 
 import html
+import json
 import re
 import textwrap
 from typing import Any, Mapping
@@ -45,17 +46,18 @@ With rationales (GRACE's embedding):
 ```python
 from grace_trl import GRACEEncoder
 
-encoder = GRACEEncoder.from_pretrained("{{ model_id }}")
+encoder = GRACEEncoder.from_pretrained({{ model_id_literal }})
 vectors, rationales = encoder.encode(["A man is playing a guitar."], return_rationales=True)
 ```
 
 {% if sentence_transformers %}Without rationales (faster, usually less accurate), identical to `GRACEEncoder.encode(..., use_rationale=False)`.
-The prompt and pooling live in a small sentence-transformers module shipped with `grace-trl`, hence `trust_remote_code=True`:
+The prompt and pooling live in a small sentence-transformers module shipped with `grace-trl`; `load_sentence_transformer` loads it
+without `trust_remote_code=True`, accepting only grace-trl's and sentence-transformers' own module classes:
 
 ```python
-from sentence_transformers import SentenceTransformer
+from grace_trl import load_sentence_transformer
 
-model = SentenceTransformer("{{ model_id }}", trust_remote_code=True)
+model = load_sentence_transformer({{ model_id_literal }})
 embeddings = model.encode(["A man is playing a guitar.", "Someone plays an instrument."])
 print(model.similarity(embeddings, embeddings))
 ```
@@ -109,6 +111,11 @@ def escape_markdown(value: Any) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\r", "").replace("\n", "<br>")
 
 
+def python_string(value: str) -> str:
+    """A Python string literal of ``value`` for the card's code (quotes, backslashes and newlines escaped)."""
+    return json.dumps(str(value))
+
+
 def _versions() -> list[tuple[str, str]]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -144,7 +151,8 @@ def build_model_card(model_id: str, settings: GRACESettings, model_name: str | N
                               license=license, library_name="sentence-transformers", model_name=name,
                               pipeline_tag="sentence-similarity", tags=all_tags, eval_results=eval_results or None)
     return ModelCard.from_template(
-        card_data, template_str=TEMPLATE, model_name=name, model_id=model_id, base_model=base_model,
+        card_data, template_str=TEMPLATE, model_name=escape_markdown(name), model_id=model_id,
+        model_id_literal=python_string(model_id), base_model=base_model,
         dataset_name=dataset_name, paper_title=PAPER["title"], paper_id=PAPER["id"], citation=PAPER["citation"],
         settings=[(k, escape_markdown(v)) for k, v in vars(settings).items()],
         training=[(escape_markdown(k), escape_markdown(v)) for k, v in (training or {}).items()],

@@ -18,6 +18,8 @@ from .prompts import DEFAULT_SYSTEM_PROMPT
 from .rewards import DEFAULT_REWARD_VARIANT
 
 SETTINGS_FILE = "grace_config.json"
+# A rationale longer than this is a typo (1e8), not a setting; the model's context is checked when it loads.
+MAX_NEW_TOKENS_LIMIT = 1 << 20
 
 
 @dataclass
@@ -53,7 +55,34 @@ class GRACESettings:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object of settings, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        settings = cls(**{k: v for k, v in data.items() if k in known})
+        settings.validate(path)
+        return settings
+
+    def validate(self, source: str = SETTINGS_FILE) -> None:
+        """Type and range checks, naming ``source`` and the key: a wrong value must not reach a chat template."""
+        from .data import MODES
+        from .pooling import POOLING_METHODS
+        from .rewards import REWARD_VARIANTS
+
+        def bad(key: str, expected: str):
+            value = getattr(self, key)
+            raise ValueError(f"{source}: {key} must be {expected}, got {value!r} ({type(value).__name__})")
+
+        for key in ("system_prompt", "instruction"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                bad(key, "a string or null")
+        if self.pooling not in POOLING_METHODS:
+            bad("pooling", f"one of {list(POOLING_METHODS)}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or \
+                not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            bad("max_new_tokens", f"an integer from 1 to {MAX_NEW_TOKENS_LIMIT}")
+        if self.mode not in MODES:
+            bad("mode", f"one of {list(MODES)}")
+        if self.reward_variant not in REWARD_VARIANTS:
+            bad("reward_variant", f"one of {list(REWARD_VARIANTS)}")
+        if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
+            bad("chat_template_kwargs", "an object (mapping) or null")
 
 
 __all__ = ["GRACESettings", "SETTINGS_FILE"]

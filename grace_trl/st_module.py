@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
+from .checks import check_complete_save
 from .pooling import get_backbone, masked_mean, pool_span, span_mask
 from .prompts import PromptEncoder
 from .settings import SETTINGS_FILE, GRACESettings
@@ -80,6 +81,7 @@ class GRACETransformer(InputModule):
             raise FileNotFoundError(f"{model_name_or_path} has no {SETTINGS_FILE}: it is not a GRACE checkpoint")
         settings = GRACESettings.load(os.path.dirname(settings_path))
         path = model_name_or_path if os.path.isdir(model_name_or_path) else os.path.dirname(settings_path)
+        check_complete_save(path)
         dtype = (model_kwargs or {}).get("dtype") or (model_kwargs or {}).get("torch_dtype") or torch.float32
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = _load_causal_lm(path, dtype, "cpu")
@@ -147,6 +149,51 @@ def sentence_transformer(model, tokenizer, settings: GRACESettings | None = None
 
     return SentenceTransformer(modules=[GRACETransformer(model, tokenizer, settings), Normalize()],
                                device=str(next(model.parameters()).device), similarity_fn_name="cosine")
+
+
+GRACE_MODULE_TYPE = f"{__name__}.GRACETransformer"
+
+
+def _model_folder(model_name_or_path: str, kwargs: dict) -> str:
+    """A local folder: the path itself, or the Hub snapshot that is then checked and loaded (one revision)."""
+    if os.path.isdir(model_name_or_path):
+        return model_name_or_path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model_name_or_path, revision=kwargs.pop("revision", None), token=kwargs.get("token"),
+                             cache_dir=kwargs.get("cache_folder"),
+                             local_files_only=kwargs.get("local_files_only", False))
+
+
+def load_sentence_transformer(model_name_or_path: str, **kwargs):
+    """``SentenceTransformer(path)`` for a GRACE folder or Hub repo, without ``trust_remote_code=True``.
+
+    ``trust_remote_code=True`` lets a repo's ``modules.json`` name any class, including code shipped in the
+    repo itself. Here every module type must be grace_trl's :class:`GRACETransformer` or a class of
+    sentence-transformers; the GRACE module is handed over as an installed class and everything else loads
+    with ``trust_remote_code=False``, so nothing from the repo runs. A folder whose save did not finish is
+    refused. ``kwargs`` go to ``SentenceTransformer`` (``device``, ``local_files_only``, ...).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    if kwargs.pop("trust_remote_code", False):
+        raise ValueError("load_sentence_transformer never runs a repo's own code; drop trust_remote_code=True")
+    folder = _model_folder(str(model_name_or_path), kwargs)
+    check_complete_save(folder)
+    modules_path = os.path.join(folder, "modules.json")
+    if not os.path.isfile(modules_path):
+        raise FileNotFoundError(f"{model_name_or_path} has no modules.json: not a GRACE sentence-transformers folder "
+                                "(GRACEEncoder.from_pretrained loads any GRACE checkpoint)")
+    with open(modules_path, encoding="utf-8") as f:
+        modules = json.load(f)
+    if not isinstance(modules, list):
+        raise ValueError(f"{modules_path}: expected a list of modules")
+    for i, entry in enumerate(modules):
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if not isinstance(kind, str) or not (kind == GRACE_MODULE_TYPE or kind.startswith("sentence_transformers.")):
+            raise ValueError(f"{modules_path}: module {i} has type {kind!r}; only {GRACE_MODULE_TYPE} and "
+                             "sentence_transformers classes are loaded (anything else would run code from the repo)")
+    return SentenceTransformer._load_with_module_classes(folder, {GRACE_MODULE_TYPE: GRACETransformer}, **kwargs)
 
 
 def write_sentence_transformers_files(folder: str, settings: GRACESettings | None = None,

@@ -10,6 +10,7 @@ never enter the loss batch, so they get no advantage and no gradient.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,8 +30,10 @@ from trl.models import unwrap_model_for_generation
 
 from .aliases import resolve_model_name
 from .checks import (
+    OutputDirLock,
     StepHealth,
     check_fresh_output_dir,
+    check_resumed_run,
     check_text_lengths,
     check_trl_overrides,
     check_trl_version,
@@ -38,8 +41,10 @@ from .checks import (
     context_length,
     finite_or_none,
     remove_orphaned_temp_files,
+    remove_save_marker,
     resolve_resume_checkpoint,
     trim_samples,
+    write_save_marker,
 )
 from .config import GRACEConfig
 from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
@@ -51,6 +56,13 @@ from .rewards import GRACEReward, RolloutEmbeddings, build_reward_funcs
 
 logger = logging.getLogger(__name__)
 SAMPLES_FILE = "rationale_samples.jsonl"
+RUN_FILE = "grace_run.json"  # what a resumed run must share with its checkpoint (see checks.check_resumed_run)
+# Optimisation settings recorded in RUN_FILE: changing one on resume is allowed, with a warning.
+OPTIMISATION_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay",
+                     "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "steps_per_generation", "num_generations", "temperature", "anchor_temperature", "beta", "epsilon",
+                     "loss_type", "reward_variant", "lambda_consistency", "lambda_cross", "tau", "truncation_penalty",
+                     "contrastive_weight", "contrastive_temperature", "seed")
 
 check_trl_version(trl.__version__)
 check_trl_overrides(GRPOTrainer)
@@ -629,25 +641,38 @@ class GRACETrainer(GRPOTrainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Train, refusing to mix runs: a fresh run needs an unused ``output_dir`` (or
         ``overwrite_output_dir``); a resumed one picks the newest *complete* checkpoint for
-        ``True``/``"last"`` and drops the rationale samples of the steps it will redo.
+        ``True``/``"last"``, must keep what defines the embedding and the data, and drops the rationale
+        samples of the steps it will redo. One run at a time holds ``output_dir`` (a lock).
+
+        A checkpoint already at ``max_steps`` is loaded and not trained further (the recovery path after a
+        kill during the final save), so the resumed run ends where the uninterrupted one did.
         """
         main = self.accelerator.is_main_process
         output_dir = self.args.output_dir
-        check_fresh_output_dir(output_dir, SAMPLES_FILE, resume_from_checkpoint, self.args.overwrite_output_dir,
-                               remove=main)
-        checkpoint = resolve_resume_checkpoint(output_dir, resume_from_checkpoint, clean=main)
-        if checkpoint is not None and main:
-            remove_orphaned_temp_files(output_dir)
-            trim_samples(os.path.join(output_dir, SAMPLES_FILE), checkpoint_step(checkpoint))
-        self.accelerator.wait_for_everyone()
-        self._step_health = StepHealth()
-        reference = self._reference_generation_check() if self.args.generation_check else None
-        start = time.perf_counter()
-        result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
-                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
-        self._write_timing(time.perf_counter() - start)
-        if self.args.generation_check:
-            self._final_generation_check(reference)
+        lock = OutputDirLock(output_dir).acquire() if main else None
+        try:
+            check_fresh_output_dir(output_dir, SAMPLES_FILE, resume_from_checkpoint, self.args.overwrite_output_dir,
+                                   remove=main)
+            checkpoint = resolve_resume_checkpoint(output_dir, resume_from_checkpoint, clean=main)
+            if checkpoint is not None:
+                check_resumed_run(checkpoint, self.run_identity(), RUN_FILE)
+            if checkpoint is not None and main:
+                remove_orphaned_temp_files(output_dir)
+                trim_samples(os.path.join(output_dir, SAMPLES_FILE), checkpoint_step(checkpoint))
+            self.accelerator.wait_for_everyone()
+            if checkpoint is not None and 0 < self.args.max_steps <= checkpoint_step(checkpoint):
+                return self._load_finished_checkpoint(checkpoint)
+            self._step_health = StepHealth()
+            reference = self._reference_generation_check() if self.args.generation_check else None
+            start = time.perf_counter()
+            result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
+                                   ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+            self._write_timing(time.perf_counter() - start)
+            if self.args.generation_check:
+                self._final_generation_check(reference)
+        finally:
+            if lock is not None:
+                lock.release()
         health = self._step_health
         if health.zero_advantage:
             logger.warning("%d generation batch(es) of this run learned nothing (%d with every rollout truncated); "
@@ -723,6 +748,48 @@ class GRACETrainer(GRPOTrainer):
                     ", ".join(f"{k} {100 * v:.0f}%" for k, v in report["share"].items()), seconds,
                     report["rollouts_per_minute"] or 0)
 
+    def _load_finished_checkpoint(self, checkpoint: str):
+        """Weights and state of a checkpoint that already reached ``max_steps``; nothing is trained."""
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError(f"{checkpoint} already reached max_steps={self.args.max_steps}; under DeepSpeed/FSDP "
+                             f"export it with `grace-trl export --checkpoint {checkpoint}` instead of resuming")
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        logger.warning("resume: %s already reached max_steps=%d; loaded it without training further",
+                       checkpoint, self.args.max_steps)
+        losses = [h["train_loss"] for h in self.state.log_history if "train_loss" in h]
+        return TrainOutput(self.state.global_step, losses[-1] if losses else float("nan"), {})
+
+    def run_identity(self) -> dict:
+        """What a resumed run must share with its checkpoint (embedding, model, data) and what it may change."""
+        settings = self.args.grace_settings()
+        embedding = {k: v for k, v in vars(settings).items() if k != "reward_variant"}
+        config = getattr(self.model, "config", None)
+        arch = {k: v for k, v in (config.to_dict() if config is not None else {}).items()
+                if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache")}
+        model = {"architecture": hashlib.sha256(json.dumps(arch, sort_keys=True, default=str).encode()).hexdigest(),
+                 "lora": bool(getattr(self.model, "peft_config", None))}
+        optimisation = {}
+        for key in OPTIMISATION_KEYS:
+            value = getattr(self.args, key, None)
+            optimisation[key] = getattr(value, "value", value)
+        return {"embedding": embedding, "model": model, "data": self._data_fingerprint(),
+                "model_name": getattr(config, "_name_or_path", None), "optimisation": optimisation}
+
+    def _data_fingerprint(self) -> str | None:
+        """A hash of the training rows' GRACE columns, in order (None for a dataset without a length)."""
+        if getattr(self, "_grace_data_fingerprint", None) is None and isinstance(self.train_dataset, Dataset):
+            fields = ("query", "positive", "negatives") if self.args.mode == "supervised" else ("text",)
+            h = hashlib.sha256(str(len(self.train_dataset)).encode())
+            for field in (f for f in fields if f in self.train_dataset.column_names):
+                for batch in self.train_dataset.select_columns([field]).iter(batch_size=4096):
+                    h.update(json.dumps(batch[field], ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            self._grace_data_fingerprint = h.hexdigest()
+        return getattr(self, "_grace_data_fingerprint", None)
+
     def _record_step_health(self, output) -> None:
         """Warn about (and log) generation batches that cannot move the policy."""
         health = getattr(self, "_step_health", None)
@@ -789,20 +856,28 @@ class GRACETrainer(GRPOTrainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the checkpoint plus ``grace_config.json`` so an encoder embeds exactly as training did.
 
-        sentence-transformers' files are written as well: ``SentenceTransformer(path, trust_remote_code=True)``
-        then gives GRACE's no-rationale embedding.
+        sentence-transformers' files are written as well: ``grace_trl.load_sentence_transformer(path)`` then
+        gives GRACE's no-rationale embedding. ``grace_save_complete.json`` is removed first and written last,
+        so a save cut short is refused by every loader instead of loading with other settings.
         """
+        folder = output_dir or self.args.output_dir
+        if self.args.should_save and os.path.isdir(folder):
+            remove_save_marker(folder)
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
+            from .files import atomic_write
             from .st_module import SENTENCE_TRANSFORMERS_POOLING, write_sentence_transformers_files
 
             settings = self.args.grace_settings()
-            settings.save(output_dir or self.args.output_dir)
+            settings.save(folder)
             if settings.pooling in SENTENCE_TRANSFORMERS_POOLING:
-                write_sentence_transformers_files(output_dir or self.args.output_dir, settings)
+                write_sentence_transformers_files(folder, settings)
             else:
                 logger.info("pooling=%r has no sentence-transformers equivalent; the checkpoint is for GRACEEncoder "
                             "only", settings.pooling)
+            with atomic_write(os.path.join(folder, RUN_FILE)) as f:
+                json.dump(self.run_identity(), f, indent=2, default=str)
+            write_save_marker(folder, int(self.state.global_step))
 
 
 __all__ = ["GRACETrainer", "GRACEReward"]

@@ -33,7 +33,7 @@ def test_trainer_card_names_the_base_model_and_grace(tmp_path):
     assert "https://huggingface.co/papers/2510.04506" in text and "@article{grace2025" in text
     assert "DeepSeekMath" not in text and "text-generation" not in text
     assert f'GRACEEncoder.from_pretrained("{args.output_dir}")' in text
-    assert f'SentenceTransformer("{args.output_dir}", trust_remote_code=True)' in text
+    assert f'load_sentence_transformer("{args.output_dir}")' in text and "trust_remote_code=True)" not in text
     # settings are table cells: the chat tags show as text, a pipe does not split the cell
     assert "&lt;think&gt;&lt;/think&gt;" in text and "<think>" not in text
     assert "| instruction | Rate \\| compare \\*these\\* |" in text

@@ -131,16 +131,38 @@ def load_datasets(script_args: ScriptArguments, training_args: GRACEConfig):
             split=split, dataset_config=script_args.dataset_config,
             num_negatives=training_args.num_negatives if training_args.mode == "supervised" else None, limit=limit)
 
-    train = load(script_args.dataset_train_split, script_args.max_train_samples)
+    limit = script_args.max_train_samples
+    if limit is not None and limit < 1:
+        from ..cli_args import UsageError
+
+        raise UsageError(f"max_train_samples must be >= 1 (or unset for every row), got {limit}")
+    train = load(script_args.dataset_train_split, limit)
     test = script_args.dataset_test_split
     return train, (load(test, None) if test is not None else None)
 
 
 def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: ModelConfig):
-    from ..trainer import GRACETrainer
+    from accelerate import PartialState
+
+    from ..checks import OutputDirLock, check_writable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     check_test_split(script_args, training_args)
+    main = PartialState().is_main_process
+    if main:
+        check_writable(training_args.output_dir)  # before the model loads, not at the first save
+    # the whole run, final save included, holds output_dir: a second run into it is refused, naming this one
+    lock = OutputDirLock(training_args.output_dir).acquire() if main else None
+    try:
+        return _run_locked(script_args, training_args, model_args)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(script_args: ScriptArguments, training_args: GRACEConfig, model_args: ModelConfig):
+    from ..trainer import GRACETrainer
+
     checkpoint = _check_output_dir(training_args)
     dataset, eval_dataset = load_datasets(script_args, training_args)
     logger.info("training rows: %d (%s, mode=%s)", len(dataset), script_args.dataset_name, training_args.mode)
@@ -162,13 +184,18 @@ def run(script_args: ScriptArguments, training_args: GRACEConfig, model_args: Mo
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
+        # card and tokenizer first: save_model writes grace_save_complete.json last, after every model file
+        from ..checks import remove_save_marker
+
+        remove_save_marker(training_args.output_dir)
         trainer.processing_class.save_pretrained(training_args.output_dir)
         source = script_args.dataset_name
         hub_dataset = None if source in SAMPLE_DATASETS or os.path.exists(os.path.expanduser(source)) else source
         trainer.create_model_card(model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
                                   dataset_name=hub_dataset)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
         logger.info("saved GRACE checkpoint to %s (curves: training_curves.csv/png there)",
                     os.path.abspath(training_args.output_dir))
     return trainer
