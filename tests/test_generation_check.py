@@ -94,3 +94,30 @@ def test_the_check_fails_a_damaged_real_model_and_passes_the_model_itself(smollm
                 p.add_(0.02 * torch.randn_like(p))
     damaged = generation_check(model, tok, max_new_tokens=16, questions=questions, reference=base)
     assert damaged["regression_rate"] > MAX_REGRESSION_RATE and not generation_kept(damaged)
+
+
+def test_eval_report_lists_regressions_against_the_first_model(tiny_model_path, tmp_path):
+    """`grace-trl eval --generation-check`: the first model is the reference, later ones get regressions."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grace_trl.evaluation.report import generation_row
+    from grace_trl.evaluation.runner import ModelRun, _generation_check
+
+    changed = tmp_path / "changed"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    model.save_pretrained(changed)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(changed)
+
+    runs = [ModelRun("base", tiny_model_path, "sentence-transformers"),
+            ModelRun("changed", str(changed), "sentence-transformers")]
+    base = _generation_check(runs[0], None, None, None)
+    other = _generation_check(runs[1], None, None, base)
+    assert "regressions" not in base and {"regressions", "gains", "kept"} <= set(other)
+    assert other["perplexity_change"] != pytest.approx(0.0)
+    assert generation_row("base", base).startswith("| base | ") and "(reference)" in generation_row("base", base)
+    row = generation_row("changed", other)
+    assert f"{100 * other['perplexity_change']:+.1f}%" in row and row.endswith(("| yes |", "| no |"))

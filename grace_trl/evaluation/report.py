@@ -98,17 +98,39 @@ def markdown_tables(results: dict) -> str:
         lines.append(f"- **{m['label']}**: `{m['path']}` " + ", ".join(f"{k}={v}" for k, v in m["settings"].items()))
     gen = results.get("generation_check")
     if gen:
-        lines += ["", "### Generation preservation (perplexity on held-out text, lower is better)", ""]
-        lines.append("| model | perplexity |")
-        lines.append("|---|---|")
+        lines += ["", "### Does it still write? (generation check)", "",
+                  "Greedy answers to fixed questions with known one-word answers, and perplexity on held-out text "
+                  "(lower is better). Regressions: questions the first model answers right and this one gets wrong; "
+                  "kept: at most 5% of those lost and perplexity within +2%.", ""]
+        lines.append("| model | answers right | regressions | gained | perplexity | kept |")
+        lines.append("|---|---|---|---|---|---|")
         for label, g in gen.items():
-            lines.append(f"| {label} | {g['perplexity']:.2f} |")
+            lines.append(generation_row(label, g))
         for label, g in gen.items():
-            lines += ["", f"Greedy answers of **{label}**:"]
-            for qa in g["answers"]:
-                answer = qa["answer"].replace("\n", " ")
-                lines.append(f"- *{qa['question']}* → {answer}")
+            wrong = {q for q in g.get("regressions", [])}
+            if wrong:
+                lines += ["", f"Regressions of **{label}**:"]
+                for qa in g["answers"]:
+                    if qa["question"] in wrong:
+                        lines.append(f"- *{qa['question']}* → {qa['answer'].replace(chr(10), ' ')[:200]}")
     return "\n".join(lines) + "\n"
+
+
+def generation_cells(g: dict) -> list[str]:
+    """answers right, regressions, gained, perplexity (change), kept: one model's generation check."""
+    right = f"{g['n_correct']}/{g['n_questions']}" if "n_correct" in g else "–"
+    if "regressions" in g:
+        lost = f"{len(g['regressions'])}/{g['reference_correct']} ({100 * g['regression_rate']:.1f}%)"
+        gained = str(len(g["gains"]))
+        ppl = f"{g['perplexity']:.2f} ({100 * g['perplexity_change']:+.1f}%)"
+        kept = "yes" if g.get("kept") else "no"
+    else:
+        lost, gained, ppl, kept = "– (reference)", "–", f"{g['perplexity']:.2f}", "–"
+    return [right, lost, gained, ppl, kept]
+
+
+def generation_row(label: str, g: dict) -> str:
+    return "| " + " | ".join([label, *generation_cells(g)]) + " |"
 
 
 def text_table(results: dict) -> str:
@@ -240,15 +262,20 @@ def html_report(results: dict, png: bytes | None) -> str:
                          "</small></p>")
     gen = results.get("generation_check")
     if gen:
-        parts.append("<h2>Generation preservation</h2>"
-                     "<table><tr><th>model</th><th>perplexity (held-out text)</th></tr>")
+        parts.append("<h2>Does it still write? (generation check)</h2>"
+                     "<p>Regressions: questions the first model answers right and this one gets wrong.</p>"
+                     "<table><tr><th>model</th><th>answers right</th><th>regressions</th><th>gained</th>"
+                     "<th>perplexity (held-out text)</th><th>kept</th></tr>")
         for label, g in gen.items():
-            parts.append(f"<tr><td>{e(label)}</td><td class='num'>{g['perplexity']:.2f}</td></tr>")
+            cells = generation_cells(g)
+            parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{e(c)}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
         for label, g in gen.items():
             parts.append(f"<h3>Greedy answers: {e(label)}</h3><ul>")
+            wrong = set(g.get("regressions", []))
             for qa in g["answers"]:
-                parts.append(f"<li><i>{e(qa['question'])}</i><br>{e(qa['answer'])}</li>")
+                mark = " <b>(regression)</b>" if qa["question"] in wrong else ""
+                parts.append(f"<li><i>{e(qa['question'])}</i>{mark}<br>{e(qa['answer'])}</li>")
             parts.append("</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -203,7 +203,9 @@ def run_evaluation(args) -> dict:
             samples[run.label] = sts_samples(loaded[run.path], args, grace_model.max_new_tokens, **prompt_kwargs)
         if args.generation_check and run.path not in checked_paths:
             checked_paths.add(run.path)
-            generation[run.base_label or run.label] = _generation_check(run, loaded.get(run.path), args)
+            # the first model checked (put the base model first) is the reference for regressions
+            reference = next(iter(generation.values()), None)
+            generation[run.base_label or run.label] = _generation_check(run, loaded.get(run.path), args, reference)
         scores = ", ".join(f"{n}={tasks_info[n]['scores'][run.label]:.4f}" for n in task_names)
         print(f"[{run.label}] {scores}", flush=True)
     results = {
@@ -281,17 +283,20 @@ def sts_samples(encoder, args, max_new_tokens: int, **prompt_kwargs) -> list[dic
              "truncated": [rats[i].truncated, rats[n + i].truncated]} for i in range(n)]
 
 
-def _generation_check(run: ModelRun, encoder, args) -> dict:
-    from .generation_check import generation_check
+def _generation_check(run: ModelRun, encoder, args, reference: dict | None = None) -> dict:
+    from .generation_check import generation_check, generation_kept
 
     if encoder is not None:
-        return generation_check(encoder.model, encoder.tokenizer)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+        res = generation_check(encoder.model, encoder.tokenizer, reference=reference)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # A sentence-transformers folder saved from a causal LM holds the backbone; tied-embedding models
-    # (SmolLM2) regain their LM head on load, others get a freshly initialised one (reported as such).
-    tok = AutoTokenizer.from_pretrained(run.path)
-    model = AutoModelForCausalLM.from_pretrained(run.path)
-    res = generation_check(model, tok)
-    res["note"] = "loaded from the sentence-transformers backbone"
+        # A sentence-transformers folder saved from a causal LM holds the backbone; tied-embedding models
+        # (SmolLM2) regain their LM head on load, others get a freshly initialised one (reported as such).
+        tok = AutoTokenizer.from_pretrained(run.path)
+        model = AutoModelForCausalLM.from_pretrained(run.path)
+        res = generation_check(model, tok, reference=reference)
+        res["note"] = "loaded from the sentence-transformers backbone"
+    if reference is not None:
+        res["kept"] = generation_kept(res)
     return res
