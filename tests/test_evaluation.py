@@ -355,3 +355,25 @@ def test_no_module_writes_into_an_encoders_settings():
                         and target.value.attr == "settings"):
                     writes.append(f"{path.relative_to(package)}:{node.lineno}")
     assert not writes, f"settings overridden by assignment instead of encode(system_prompt=...): {writes}"
+
+
+def test_eval_cli_on_a_checkpoint_the_trainer_wrote(tiny_model_path, shared_data, tmp_path):
+    """A GRACE checkpoint also holds modules.json; it must still be evaluated through GRACEEncoder, with rationales."""
+    from datasets import Dataset
+
+    from grace_trl import GRACEConfig
+    from grace_trl.commands.eval import main
+    from grace_trl.trainer import GRACETrainer
+
+    ckpt = tmp_path / "grace-sup"
+    args = GRACEConfig(output_dir=str(ckpt), use_cpu=True, bf16=False, report_to="none", num_generations=2,
+                       per_device_train_batch_size=2, max_completion_length=2)
+    data = Dataset.from_dict({"query": ["q"], "positive": ["p"], "negatives": [["n"]]})
+    GRACETrainer(tiny_model_path, args=args, train_dataset=data).save_model(str(ckpt))
+    assert (ckpt / "modules.json").is_file() and (ckpt / "grace_config.json").is_file()
+    out = tmp_path / "eval"
+    assert main(["--model", f"grace={ckpt}", "--tasks", "STSBenchmark", "--limit", "4", "--data-dir",
+                 str(shared_data), "--no-html", "--samples", "0", "--output-dir", str(out)]) == 0
+    (model,) = json.loads((out / "results.json").read_text())["models"]
+    assert model["kind"] == "grace" and model["settings"]["rationale"] is True
+    assert model["settings"]["max_new_tokens"] == 2

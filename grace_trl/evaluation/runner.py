@@ -34,7 +34,10 @@ class ModelRun:
 
 
 def is_sentence_transformer(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "modules.json"))
+    """A plain sentence-transformers folder (the CL baseline). A GRACE checkpoint also has ``modules.json`` (its
+    no-rationale module) but is recognised by ``grace_config.json`` and evaluated through ``GRACEEncoder``."""
+    return (os.path.isfile(os.path.join(path, "modules.json"))
+            and not os.path.isfile(os.path.join(path, "grace_config.json")))
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
