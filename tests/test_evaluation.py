@@ -377,3 +377,43 @@ def test_eval_cli_on_a_checkpoint_the_trainer_wrote(tiny_model_path, shared_data
     (model,) = json.loads((out / "results.json").read_text())["models"]
     assert model["kind"] == "grace" and model["settings"]["rationale"] is True
     assert model["settings"]["max_new_tokens"] == 2
+
+
+def test_mteb_cache_never_returns_another_reductions_score(tiny_model_path, shared_data, tmp_path):
+    """mteb reuses a cached result when the dataset revision matches: each reduction must have its own."""
+    import mteb
+
+    from grace_trl.encoder import GRACEEncoder
+    from grace_trl.evaluation.mteb_wrapper import GRACEMTEBEncoder
+
+    model = GRACEMTEBEncoder(GRACEEncoder.from_pretrained(tiny_model_path, device="cpu"), use_rationale=False,
+                             show_progress_bar=False)
+    cache = mteb.ResultCache(tmp_path / "cache")
+
+    def score(limit, cache):
+        task = get_local_task("STSBenchmark", data_dir=shared_data, limit=limit)
+        assert task.reduced is (limit is not None)  # known before the data loads
+        (result,) = mteb.evaluate(model, [task], cache=cache, show_progress_bar=False).task_results
+        return result
+
+    official = mteb.get_task("STSBenchmark").metadata.revision
+    four, six = score(4, cache), score(6, cache)
+    assert four.dataset_revision == f"{official}+reduced:limit=4,seed=42"
+    assert six.dataset_revision == f"{official}+reduced:limit=6,seed=42"
+    assert six.get_score() == pytest.approx(score(6, mteb.ResultCache(tmp_path / "fresh")).get_score(), abs=1e-9)
+    assert six.get_score() != pytest.approx(four.get_score(), abs=1e-6)
+    assert get_local_task("STSBenchmark", data_dir=shared_data).metadata.revision == official
+    bank = get_local_task("banking77", data_dir=shared_data, samples_per_label=2)
+    assert bank.reduced and "samples_per_label=2" in bank.metadata.revision
+    assert "distractors=9" in get_local_task("scifact", data_dir=shared_data, limit=3, n_distractors=9).metadata.revision
+
+
+@pytest.mark.parametrize("limit", ["1", "2"])
+def test_eval_cli_rejects_a_limit_too_small_before_loading_a_model(limit, shared_data, tmp_path, capsys):
+    from grace_trl.commands.eval import main
+
+    # "no-such-model" would fail to load: the limit is reported first, in one line
+    assert main(["--model", "no-such-model", "--tasks", "STSBenchmark", "--limit", limit, "--data-dir",
+                 str(shared_data), "--output-dir", str(tmp_path / "out")]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "limit must be >= 3" in err

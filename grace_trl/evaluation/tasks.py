@@ -176,20 +176,45 @@ def _sample(n_total: int, limit: int | None, seed: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------ tasks
+MIN_LIMIT = 3  # Spearman, nDCG means and their bootstrap intervals need at least three items
+
+
 class _LocalMixin:
-    """Shared constructor: where the data is and how it is reduced."""
+    """Shared constructor: where the data is and how it is reduced.
+
+    A reduced task reports a dataset revision of its own (the official one + ``+reduced:`` and the reduction
+    settings). mteb files that revision in every result and reuses a cached result only when the revision
+    matches, so a reduced score is never read back as the full task's, nor as another reduction's.
+    """
 
     def __init__(self, data_dir: str | os.PathLike | None = None, limit: int | None = None, seed: int = 42, **kwargs):
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        if limit is not None and limit < MIN_LIMIT:
+            raise ValueError(f"limit must be >= {MIN_LIMIT} (a score and its 95% interval need {MIN_LIMIT} items), "
+                             f"got {limit}")
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.limit = limit
         self.reduction: dict = {}
         super().__init__(seed=seed, **kwargs)
 
+    def reduction_settings(self) -> dict:
+        """What makes this task a subset of the official one, known before the data loads (empty: the full task)."""
+        return {"limit": self.limit, "seed": self.seed} if self.limit is not None else {}
+
     @property
     def reduced(self) -> bool:
-        return bool(self.reduction)
+        return bool(self.reduction_settings())
+
+    @property
+    def metadata(self):
+        official = super().metadata
+        settings = self.reduction_settings()
+        if not settings:
+            return official
+        revision = f"{official.revision}+reduced:" + ",".join(f"{k}={v}" for k, v in sorted(settings.items()))
+        if getattr(self, "_reduced_metadata", None) is None or self._reduced_metadata.revision != revision:
+            self._reduced_metadata = official.model_copy(update={"dataset": {**official.dataset,
+                                                                             "revision": revision}})
+        return self._reduced_metadata
 
     def _finish_load(self) -> None:
         self.dataset_transform()
@@ -204,7 +229,7 @@ class LocalSTSBenchmark(_LocalMixin, STSBenchmarkSTS):
             return
         rows = load_sts_benchmark(self.data_dir, "test")
         idx = _sample(len(rows), self.limit, self.seed)
-        if len(idx) < len(rows):
+        if self.reduced:
             self.reduction = {"pairs": len(idx), "full_pairs": len(rows), "seed": self.seed}
         rows = [rows[i] for i in idx]
         self.dataset = DatasetDict({"test": Dataset.from_dict({
@@ -222,6 +247,12 @@ class LocalSciFact(_LocalMixin, SciFact):
     def __init__(self, *args, n_distractors: int | None = None, **kwargs):
         self.n_distractors = n_distractors
         super().__init__(*args, **kwargs)
+
+    def reduction_settings(self) -> dict:
+        settings = super().reduction_settings()
+        if settings:
+            settings["distractors"] = 2 * self.limit if self.n_distractors is None else self.n_distractors
+        return settings
 
     def load_data(self, num_proc=None, **kwargs) -> None:
         if self.data_loaded:
@@ -258,14 +289,21 @@ class LocalBanking77Classification(_LocalMixin, Banking77Classification):
         elif self.limit is not None:
             self.n_experiments = 1
 
+    def reduction_settings(self) -> dict:
+        settings = super().reduction_settings()
+        if (self.n_experiments != Banking77Classification.n_experiments
+                or self.samples_per_label != Banking77Classification.samples_per_label):
+            settings.update(n_experiments=self.n_experiments, samples_per_label=self.samples_per_label,
+                            seed=self.seed)
+        return settings
+
     def load_data(self, num_proc=None, **kwargs) -> None:
         if self.data_loaded:
             return
         data = load_banking77(self.data_dir)
         test = data["test"]
         idx = _sample(len(test), self.limit, self.seed)
-        if (len(idx) < len(test) or self.n_experiments != Banking77Classification.n_experiments
-                or self.samples_per_label != Banking77Classification.samples_per_label):
+        if self.reduced:
             self.reduction = {"test": len(idx), "full_test": len(test), "n_experiments": self.n_experiments,
                               "samples_per_label": self.samples_per_label, "seed": self.seed}
         test = [test[i] for i in idx]
@@ -275,6 +313,32 @@ class LocalBanking77Classification(_LocalMixin, Banking77Classification):
         })
         self._finish_load()
 
+
+def _check_cached_revisions() -> None:
+    """Make mteb re-run a local task whose cached result has another dataset revision (another reduction).
+
+    mteb 2.26 compares a cached result's dataset revision with the task's only when some split or subset is
+    missing (``mteb.evaluate._requires_merge``); otherwise it returns the cached scores as they are, so a
+    ``limit=6`` run would read back a ``limit=4`` score. For the tasks of this module a revision mismatch counts
+    as needing a merge, which compares revisions and, as they differ, evaluates again.
+    """
+    import importlib
+
+    module = importlib.import_module("mteb.evaluate")
+    original = module._requires_merge
+    if getattr(original, "grace_trl_checks_revision", False):
+        return
+
+    def requires_merge(task, existing_results) -> bool:
+        if isinstance(task, _LocalMixin) and existing_results.dataset_revision != task.metadata.revision:
+            return True
+        return original(task, existing_results)
+
+    requires_merge.grace_trl_checks_revision = True
+    module._requires_merge = requires_merge
+
+
+_check_cached_revisions()
 
 LOCAL_TASKS = {
     "STSBenchmark": LocalSTSBenchmark,
