@@ -71,7 +71,7 @@ class STSEvaluator:
     @classmethod
     def from_sample(cls, limit: int | None = None, seed: int = 0, **kwargs) -> "STSEvaluator":
         """The 200 STS-B dev pairs shipped with the package: a dev score on a machine without benchmark data."""
-        from .tasks import read_sts_file
+        from .loaders import read_sts_file
 
         pairs = read_sts_file(STS_DEV_SAMPLE)
         pairs = [pairs[i] for i in _seeded_subset(len(pairs), limit, seed)]
@@ -81,7 +81,7 @@ class STSEvaluator:
     @classmethod
     def from_sts_benchmark(cls, data_dir=None, split: str = "dev", limit: int | None = 200, seed: int = 0,
                            **kwargs) -> "STSEvaluator":
-        from .tasks import load_sts_benchmark
+        from .loaders import load_sts_benchmark
 
         if split == "test":
             logger.warning("STSEvaluator on the STS-B *test* split: select recipes on 'dev' and keep test for the "
@@ -145,7 +145,7 @@ class RetrievalEvaluator:
     def from_scifact(cls, data_dir=None, split: str = "train", limit: int | None = 50,
                      n_distractors: int | None = None, seed: int = 0, **kwargs) -> "RetrievalEvaluator":
         """SciFact queries of ``split`` (default ``train``: SciFact has no dev split) with their documents."""
-        from .tasks import load_scifact, reduce_retrieval
+        from .loaders import load_scifact, reduce_retrieval
 
         data = load_scifact(data_dir, split=split)
         if limit is not None:
