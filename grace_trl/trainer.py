@@ -581,15 +581,20 @@ class GRACETrainer(GRPOTrainer):
             return
         from trl.trainer.utils import get_comet_experiment_url, get_config_model_id, get_trackio_space_url
 
-        from .aliases import hub_base_model
+        from .aliases import base_weights_note, hub_base_model
         from .model_card import build_model_card
 
-        base_model, license_ = hub_base_model(get_config_model_id(self.model.config))
+        source = get_config_model_id(self.model.config)
+        base_model, license_ = hub_base_model(source)
         tags = [tags] if isinstance(tags, str) else list(tags or [])
-        hub_model_id = getattr(self, "hub_model_id", None)
-        card = build_model_card(hub_model_id or self.args.output_dir, self.args.grace_settings(),
+        # the pushed card loads the repo; a local card names the folder, never a path of this machine
+        hub_model_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id
+        model_id = hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        card = build_model_card(model_id, self.args.grace_settings(),
             model_name=model_name, base_model=base_model, license=license_,
             dataset_name=dataset_name, tags=[*self._tag_names, *tags], training=self._card_training_summary(),
+            results=self._card_dev_results(), base_weights_note=base_weights_note(source),
+            local_folder=hub_model_id is None,
             trackio_url=get_trackio_space_url(), comet_url=get_comet_experiment_url())
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
@@ -601,16 +606,42 @@ class GRACETrainer(GRPOTrainer):
                    "lambda_cross": args.lambda_cross, "tau": args.tau}
         return {**summary, **self._card_dev_scores()}
 
-    def _card_dev_scores(self) -> dict:
-        """The embedding evaluator's main scores, first and last evaluation: the card says whether training helped."""
+    def _dev_keys(self) -> tuple[list[dict], list[str]]:
         evals = [h for h in self.state.log_history if any(k.startswith("eval_") for k in h)]
         keys = [k for k in (evals[-1] if evals else {}) if re.fullmatch(r"eval_\w*(spearman|ndcg_at_\d+)", k)]
+        return evals, keys
+
+    def _evaluator_description(self) -> dict | None:
+        describe = getattr(self.embedding_evaluator, "describe", None)
+        return describe() if callable(describe) else None
+
+    def _card_dev_scores(self) -> dict:
+        """The embedding evaluator's main scores, first and last evaluation: the card says whether training helped,
+        and on what (dataset, split, n)."""
+        evals, keys = self._dev_keys()
+        about = self._evaluator_description()
+        on = f"; {about['dataset']}, {about['split']} split, n = {about['n']:,} {about['unit']}" if about else ""
         out = {}
         for key in keys:
             points = [(h["step"], h[key]) for h in evals if key in h]
             (s0, v0), (s1, v1) = points[0], points[-1]
-            out[f"dev {key}"] = f"{v0:.2f} (step {s0})" + (f" → {v1:.2f} (step {s1})" if s1 != s0 else "")
+            out[f"dev {key}"] = f"{v0:.2f} (step {s0})" + (f" → {v1:.2f} (step {s1})" if s1 != s0 else "") + on
         return out
+
+    def _card_dev_results(self) -> list:
+        """The last dev score of the evaluator's main metric as the card's model-index entry (mteb's 0-1 scale)."""
+        from huggingface_hub import EvalResult
+
+        evals, keys = self._dev_keys()
+        about = self._evaluator_description()
+        name = getattr(self.embedding_evaluator, "name", "embedding")
+        main = [k for k in keys if about and k == f"eval_{name}_{about['metric'].removeprefix('cosine_')}"]
+        if not main:
+            return []
+        value = [h[main[0]] for h in evals if main[0] in h][-1]
+        return [EvalResult(task_type=about["task_type"], dataset_type=about["dataset"], dataset_name=about["dataset"],
+                           dataset_split=about["split"], dataset_args={"n": about["n"]},
+                           metric_type=about["metric"], metric_value=round(value / 100.0, 6))]
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the checkpoint plus ``grace_config.json`` so an encoder embeds exactly as training did.

@@ -58,6 +58,8 @@ class STSEvaluator:
     with_rationale: bool = True
     without_rationale: bool = False
     show_progress_bar: bool = False
+    dataset: str = "sentence pairs"  # what the pairs are and which split: the model card names both
+    split: str = "dev"
 
     def __post_init__(self):
         if not self.pairs:
@@ -76,6 +78,7 @@ class STSEvaluator:
         pairs = read_sts_file(STS_DEV_SAMPLE)
         pairs = [pairs[i] for i in _seeded_subset(len(pairs), limit, seed)]
         kwargs.setdefault("name", "sts")
+        kwargs.setdefault("dataset", "STS-B dev sample shipped with grace_trl")
         return cls(pairs=pairs, **kwargs)
 
     @classmethod
@@ -89,7 +92,14 @@ class STSEvaluator:
         pairs = load_sts_benchmark(data_dir, split=split)
         pairs = [pairs[i] for i in _seeded_subset(len(pairs), limit, seed)]
         kwargs.setdefault("name", "sts")
+        kwargs.setdefault("dataset", "STSBenchmark")
+        kwargs.setdefault("split", split)
         return cls(pairs=pairs, **kwargs)
+
+    def describe(self) -> dict:
+        """What a score of this evaluator was computed on (dataset, split, sample size), for the model card."""
+        return {"dataset": self.dataset, "split": self.split, "n": len(self.pairs), "unit": "pairs",
+                "task_type": "sentence-similarity", "metric": "cosine_spearman"}
 
     def __call__(self, encoder) -> dict[str, float]:
         from scipy.stats import spearmanr
@@ -130,6 +140,8 @@ class RetrievalEvaluator:
     k: int = 10
     show_progress_bar: bool = False
     info: dict = field(default_factory=dict)
+    dataset: str = "queries"
+    split: str = "train"
 
     def __post_init__(self):
         if not self.queries or not self.corpus:
@@ -152,7 +164,14 @@ class RetrievalEvaluator:
             data = reduce_retrieval(data, limit, n_distractors, seed=seed)
         corpus = {d: (v["title"] + " " + v["text"]).strip() for d, v in data.corpus.items()}
         kwargs.setdefault("name", "retrieval")
+        kwargs.setdefault("dataset", "SciFact")
+        kwargs.setdefault("split", split)
         return cls(queries=dict(data.queries), corpus=corpus, qrels=dict(data.qrels), info=dict(data.info), **kwargs)
+
+    def describe(self) -> dict:
+        """What a score of this evaluator was computed on (dataset, split, sample size), for the model card."""
+        return {"dataset": self.dataset, "split": self.split, "n": len(self.queries), "unit": "queries",
+                "task_type": "text-retrieval", "metric": f"ndcg_at_{self.k}"}
 
     def __call__(self, encoder) -> dict[str, float]:
         import pytrec_eval
