@@ -136,9 +136,15 @@ class GRACETrainer(GRPOTrainer):
                                  eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         finally:
             args.eval_strategy = eval_strategy
-        from .callbacks import TimeBudgetCallback, TrainingCurvesCallback
+        from transformers.trainer_callback import ProgressCallback
+
+        from .callbacks import GRACEProgressCallback, TimeBudgetCallback, TrainingCurvesCallback
 
         self.add_callback(TrainingCurvesCallback())
+        if any(isinstance(cb, ProgressCallback) for cb in self.callback_handler.callbacks):
+            # progress against max_train_minutes when a budget ends the run; short numeric log lines
+            self.remove_callback(ProgressCallback)
+            self.add_callback(GRACEProgressCallback(args.max_train_minutes))
         if args.max_train_minutes:
             self.add_callback(TimeBudgetCallback(args.max_train_minutes))
         self._grace_rows = None  # rows of the generation batch being generated (for fused anchors)
@@ -427,6 +433,8 @@ class GRACETrainer(GRPOTrainer):
         from .encoder import GRACEEncoder
 
         start = time.perf_counter()
+        if self.accelerator.is_main_process:
+            self._log_evaluation_start()
         result: list = [None]
         with (
             unwrap_model_for_generation(
@@ -450,6 +458,17 @@ class GRACETrainer(GRPOTrainer):
         scores = {f"{metric_key_prefix}_{name}_{k}": float(v) for k, v in result[0].items()}
         scores[f"{metric_key_prefix}_{name}_runtime"] = round(time.perf_counter() - start, 2)
         return scores
+
+    def _log_evaluation_start(self) -> None:
+        """Say what the (possibly minutes-long) dev-set evaluation does before it starts, and how long the last took."""
+        about = self._evaluator_description()
+        what = f"{about['n']:,} {about['unit']} of {about['dataset']} ({about['split']} split)" if about else "the dev set"
+        whose = "the untrained model" if self.state.global_step == 0 else f"the model at step {self.state.global_step}"
+        name = getattr(self.embedding_evaluator, "name", "embedding")
+        last = [h[k] for h in self.state.log_history for k in h if k == f"eval_{name}_runtime"]
+        took = f"; the last evaluation took {last[-1]:.0f} s" if last else ""
+        logger.info("dev-set evaluation of %s: embedding %s, a rationale of up to %d tokens per text%s", whose, what,
+                    self.args.max_completion_length, took)
 
     # --------------------------------------------------------------- rewards
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -552,11 +571,24 @@ class GRACETrainer(GRPOTrainer):
         self._step_health = StepHealth()
         result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        self._log_why_training_stopped()
         health = self._step_health
         if health.zero_advantage:
             logger.warning("%d generation batch(es) of this run learned nothing (%d with every rollout truncated); "
                            "see the warnings above", health.zero_advantage, health.all_truncated)
         return result
+
+    def _log_why_training_stopped(self) -> None:
+        state, args = self.state, self.args
+        epoch = f"epoch {state.epoch:.2f}" if state.epoch is not None else "epoch ?"
+        if state.global_step >= state.max_steps:
+            reason = f"max_steps={args.max_steps} reached" if args.max_steps > 0 else \
+                f"num_train_epochs={args.num_train_epochs:g} done"
+        elif args.max_train_minutes:
+            reason = f"the max_train_minutes={args.max_train_minutes:g} budget was reached"
+        else:
+            reason = "a callback stopped it"
+        logger.info("training stopped at step %d of %d (%s): %s", state.global_step, state.max_steps, epoch, reason)
 
     def _record_step_health(self, output) -> None:
         """Warn about (and log) generation batches that cannot move the policy."""

@@ -249,3 +249,21 @@ def test_text_the_template_cannot_embed_fails_before_training(tmp_path, tiny_mod
     data = Dataset.from_dict({**data.to_dict(), "negatives": [["n"], ["see http://x.org"], ["n"], ["n"]]})
     with pytest.raises(ValueError, match=r"row 1, field 'negatives\[0\]': the chat template renders this text as"):
         GRACETrainer(path, args=config(tmp_path), train_dataset=data)
+
+
+def test_budget_run_shows_progress_against_the_budget_and_says_why_it_stopped(tmp_path, tiny_model_path, caplog):
+    import logging
+
+    from transformers.trainer_callback import ProgressCallback
+
+    from grace_trl.callbacks import GRACEProgressCallback
+
+    trainer = GRACETrainer(tiny_model_path, args=config(tmp_path, max_steps=3, max_train_minutes=1e-4),
+                           train_dataset=sup_rows())
+    bars = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)]
+    assert len(bars) == 1 and isinstance(bars[0], GRACEProgressCallback) and bars[0].minutes == 1e-4
+    with caplog.at_level(logging.INFO, logger="grace_trl"):
+        trainer.train()
+    assert trainer.state.global_step == 1
+    assert "training stopped at step 1 of 3 (epoch" in caplog.text
+    assert "the max_train_minutes=0.0001 budget was reached" in caplog.text
