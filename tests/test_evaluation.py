@@ -417,3 +417,23 @@ def test_eval_cli_rejects_a_limit_too_small_before_loading_a_model(limit, shared
                  str(shared_data), "--output-dir", str(tmp_path / "out")]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert "limit must be >= 3" in err
+
+
+def test_single_task_report_says_only_what_it_shows():
+    """One STS task of 3 pairs: no interval to show, no "Avg" bar repeating "STS", the reduction in words."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from grace_trl.evaluation.report import bar_plot, html_report, markdown_tables, text_table
+
+    results = {"models": [{"label": "grace", "path": "out/g", "settings": {}}],
+               "tasks": [{"name": "STSBenchmark", "type": "STS", "main_score": "cosine_spearman", "reduced": True,
+                          "reduction": {"pairs": 3, "full_pairs": 1379, "seed": 42}, "scores": {"grace": 0.5},
+                          "n": 3, "unit": "pairs",
+                          "intervals": {"grace": {"score": 0.5, "low": None, "high": None}}}]}
+    page = html_report(results, None)
+    assert "Under each score" not in page and "No 95% interval" in page
+    assert "<th>Avg</th>" not in page and "{" not in page.split("<body>")[1]
+    assert "STSBenchmark reduction: pairs=3, full_pairs=1,379, seed=42" in page
+    assert [t.get_text() for t in bar_plot(results).axes[0].get_xticklabels()] == ["STS"]
+    assert "Avg" not in text_table(results) and "Avg |" not in markdown_tables(results)
