@@ -357,7 +357,7 @@ def test_no_module_writes_into_an_encoders_settings():
     assert not writes, f"settings overridden by assignment instead of encode(system_prompt=...): {writes}"
 
 
-def test_eval_cli_on_a_checkpoint_the_trainer_wrote(tiny_model_path, shared_data, tmp_path):
+def test_eval_cli_on_a_checkpoint_the_trainer_wrote(tiny_model_path, shared_data, tmp_path, recwarn):
     """A GRACE checkpoint also holds modules.json; it must still be evaluated through GRACEEncoder, with rationales."""
     from datasets import Dataset
 
@@ -377,6 +377,25 @@ def test_eval_cli_on_a_checkpoint_the_trainer_wrote(tiny_model_path, shared_data
     (model,) = json.loads((out / "results.json").read_text())["models"]
     assert model["kind"] == "grace" and model["settings"]["rationale"] is True
     assert model["settings"]["max_new_tokens"] == 2
+    # a few pairs make a small embedding cache (mteb's default file holds 100,000 vectors: 230 MB apparent size)
+    vectors = list((out / "embedding_cache").rglob("vectors.npy"))
+    assert vectors and all(v.stat().st_size < 5_000_000 for v in vectors)
+    # mteb's cache bookkeeping warnings stay out of the command's output
+    assert not [w for w in recwarn if "/mteb/" in w.filename], [str(w.message) for w in recwarn]
+
+
+def test_eval_cli_shows_mteb_errors_only():
+    import logging
+
+    from grace_trl.commands.eval import _quiet_mteb
+
+    def record(name, level):
+        return logging.LogRecord(name, level, __file__, 1, "message", None, None)
+
+    assert not _quiet_mteb(record("mteb.models.cache_wrappers.cache_wrapper", logging.INFO))
+    assert not _quiet_mteb(record("mteb.abstasks.abstask", logging.WARNING))
+    assert _quiet_mteb(record("mteb.evaluate", logging.ERROR))
+    assert _quiet_mteb(record("grace_trl.evaluation.runner", logging.INFO))
 
 
 def test_mteb_cache_never_returns_another_reductions_score(tiny_model_path, shared_data, tmp_path):

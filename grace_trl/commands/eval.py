@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from ..cli_args import ArgumentParser
 from ..evaluation.runner import canonical_tasks, check_task_data, plan_runs, resolve_system_prompt, run_evaluation
@@ -77,10 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.addFilter(_quiet_mteb)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", handlers=[handler])
+    with warnings.catch_warnings():
+        # mteb's cache bookkeeping ("Dimension file not found", "Initialized empty VectorCacheMap") and the
+        # STSBenchmark.v2 notice (the paper reports STSBenchmark) say nothing about the results
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mteb(\.|$)")
+        return _main(args)
+
+
+def _quiet_mteb(record: logging.LogRecord) -> bool:
+    """The terminal shows mteb's errors only; grace-trl's own lines say what is being evaluated."""
+    return not record.name.startswith("mteb") or record.levelno >= logging.ERROR
+
+
+def _main(args) -> int:
     from ..evaluation.report import text_table, write_reports
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         task_names = canonical_tasks(args.tasks)
         plan_runs(args.model, args.no_rationale, args.with_and_without_rationale)

@@ -234,6 +234,14 @@ def with_embedding_cache(model: GRACEMTEBEncoder, cache_dir: str | os.PathLike):
     from pathlib import Path
 
     from mteb.models.cache_wrappers import CachedEmbeddingWrapper
+    from mteb.models.cache_wrappers.cache_backends.numpy_cache import NumpyCache
+
+    class SmallNumpyCache(NumpyCache):
+        """mteb's vector file starts at 100,000 rows (230 MB for SmolLM2's 576 dimensions, even for 3 pairs); it
+        doubles when full, so start small."""
+
+        def __init__(self, directory, initial_vectors: int = 1024):
+            super().__init__(directory, initial_vectors=initial_vectors)
 
     meta = model.mteb_model_meta
     settings = {**dataclasses.asdict(model.encoder.settings), "backend": model.encoder.backend_name}
@@ -241,4 +249,4 @@ def with_embedding_cache(model: GRACEMTEBEncoder, cache_dir: str | os.PathLike):
         settings["system_prompt"] = model.system_prompt
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = Path(cache_dir) / meta.model_name_as_path() / (meta.revision or "no_revision") / f"settings_{digest}"
-    return CachedEmbeddingWrapper(model, path)
+    return CachedEmbeddingWrapper(model, path, cache_backend=SmallNumpyCache)
