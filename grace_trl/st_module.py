@@ -159,14 +159,24 @@ def write_sentence_transformers_files(folder: str, settings: GRACESettings | Non
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize
 
+    import logging
+
     settings = settings or GRACESettings.load(folder)
     if settings is None:
         raise FileNotFoundError(f"{folder} has no {SETTINGS_FILE}; save the GRACE settings first")
     check_sentence_transformers_pooling(settings)
+    if max_seq_length is None:
+        max_seq_length = model_context_length(folder)
     module = GRACETransformer(None, None, settings, max_seq_length=max_seq_length, save_weights=False)
     st_model = SentenceTransformer(modules=[module, Normalize()], device="cpu", similarity_fn_name="cosine")
+    st_logger = logging.getLogger("sentence_transformers")
+    level = st_logger.level
     with tempfile.TemporaryDirectory() as tmp:
-        st_model.save(tmp, create_model_card=False)
+        st_logger.setLevel(logging.WARNING)  # "Saving model to /tmp/tmp...": a scratch folder, not news to a user
+        try:
+            st_model.save(tmp, create_model_card=False)
+        finally:
+            st_logger.setLevel(level)
         with open(os.path.join(tmp, "modules.json"), encoding="utf-8") as f:
             modules = json.load(f)
         for name in (*ST_ROOT_FILES, MODULE_CONFIG_FILE, SETTINGS_FILE):
@@ -176,3 +186,14 @@ def write_sentence_transformers_files(folder: str, settings: GRACESettings | Non
                 dst = os.path.join(folder, entry["path"])
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(os.path.join(tmp, entry["path"]), dst)
+
+
+def model_context_length(folder: str) -> int | None:
+    """The positions the model in ``folder`` attends to (its config), sentence-transformers' ``max_seq_length``."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return None
+    from transformers import AutoConfig
+
+    from .checks import context_length
+
+    return context_length(AutoConfig.from_pretrained(folder))
