@@ -66,6 +66,8 @@ model = SentenceTransformer("{{ model_id }}", trust_remote_code=True)
 embeddings = model.encode(["A man is playing a guitar.", "Someone plays an instrument."])
 print(model.similarity(embeddings, embeddings))
 ```
+
+For most sentence-transformers models `prompt=` is a prefix of the text. Here it replaces GRACE's instruction inside the chat template, as `GRACEEncoder.encode(prompt=...)` does. The saved `query` and `document` prompts are empty, so `encode_query` and `encode_document` embed the same way, as in training.
 {% endif %}
 ## GRACE settings (`grace_config.json`)
 

@@ -8,7 +8,10 @@ the functions the trainer and the encoder use, so the three agree. sentence-tran
 ``type`` recorded in ``modules.json`` (``grace_trl`` must be installed).
 
 A sentence-transformers ``prompt`` (or ``prompt_name``) replaces the checkpoint's GRACE instruction, which is
-what ``GRACEEncoder.encode(prompt=...)`` does as well.
+what ``GRACEEncoder.encode(prompt=...)`` does as well. This differs from most sentence-transformers models, where
+a prompt is a prefix of the text: here the text stays as it is and the prompt moves into the chat template. The
+saved ``query``/``document`` prompts are empty, so ``encode_query`` and ``encode_document`` embed as training
+did.
 """
 
 from __future__ import annotations

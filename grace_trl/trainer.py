@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from contextlib import nullcontext
 from typing import Sequence
 
@@ -460,9 +461,10 @@ class GRACETrainer(GRPOTrainer):
         return scores
 
     def _log_evaluation_start(self) -> None:
-        """Say what the (possibly minutes-long) dev-set evaluation does before it starts, and how long the last took."""
+        """Say what the (possibly minutes-long) dev-set evaluation does before it starts and how long the last took."""
         about = self._evaluator_description()
-        what = f"{about['n']:,} {about['unit']} of {about['dataset']} ({about['split']} split)" if about else "the dev set"
+        what = (f"{about['n']:,} {about['unit']} of {about['dataset']} ({about['split']} split)" if about
+                else "the dev set")
         whose = "the untrained model" if self.state.global_step == 0 else f"the model at step {self.state.global_step}"
         name = getattr(self.embedding_evaluator, "name", "embedding")
         last = [h[k] for h in self.state.log_history for k in h if k == f"eval_{name}_runtime"]
@@ -569,8 +571,13 @@ class GRACETrainer(GRPOTrainer):
             trim_samples(os.path.join(output_dir, SAMPLES_FILE), checkpoint_step(checkpoint))
         self.accelerator.wait_for_everyone()
         self._step_health = StepHealth()
-        result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
-                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        with warnings.catch_warnings():
+            # TRL 1.16 (pinned) reads transformers' deprecated `is_gradient_checkpointing` at every generation and
+            # embedding pass: one FutureWarning per step that no GRACE user can act on
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
+                                   ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         self._log_why_training_stopped()
         health = self._step_health
         if health.zero_advantage:

@@ -424,7 +424,8 @@ def test_mteb_cache_never_returns_another_reductions_score(tiny_model_path, shar
     assert get_local_task("STSBenchmark", data_dir=shared_data).metadata.revision == official
     bank = get_local_task("banking77", data_dir=shared_data, samples_per_label=2)
     assert bank.reduced and "samples_per_label=2" in bank.metadata.revision
-    assert "distractors=9" in get_local_task("scifact", data_dir=shared_data, limit=3, n_distractors=9).metadata.revision
+    scifact = get_local_task("scifact", data_dir=shared_data, limit=3, n_distractors=9)
+    assert "distractors=9" in scifact.metadata.revision
 
 
 @pytest.mark.parametrize("limit", ["1", "2"])

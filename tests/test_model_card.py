@@ -42,6 +42,8 @@ def test_trainer_card_names_the_base_model_and_grace(tmp_path):
     assert "## Install" in text and "pip install -e ." in text and "pypi.org" not in text
     # the weights came from the embedded GGUF, not from the Hub release the card names
     assert "Q4_1 GGUF" in text and "dequantized to fp32" in text
+    # sentence-transformers' prompt means something else here: the card says what
+    assert "replaces GRACE's instruction inside the chat template" in text
     # settings are table cells: the chat tags show as text, a pipe does not split the cell
     assert "&lt;think&gt;&lt;/think&gt;" in text and "<think>" not in text
     assert "| instruction | Rate \\| compare \\*these\\* |" in text
@@ -103,4 +105,5 @@ def test_trainer_card_files_the_dev_score_with_its_split_and_n(tmp_path, tiny_mo
     (entry,) = meta["model-index"][0]["results"]
     assert entry["dataset"]["split"] == "dev" and entry["dataset"]["args"] == {"n": 20}
     assert entry["metrics"][0] == {"type": "cosine_spearman", "value": 0.355}
-    assert "31.00 (step 0) → 35.50 (step 21); STS-B dev sample shipped with grace\\_trl, dev split, n = 20 pairs" in text
+    assert ("31.00 (step 0) → 35.50 (step 21); STS-B dev sample shipped with grace\\_trl, dev split, "
+            "n = 20 pairs") in text

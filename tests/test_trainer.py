@@ -251,7 +251,8 @@ def test_text_the_template_cannot_embed_fails_before_training(tmp_path, tiny_mod
         GRACETrainer(path, args=config(tmp_path), train_dataset=data)
 
 
-def test_budget_run_shows_progress_against_the_budget_and_says_why_it_stopped(tmp_path, tiny_model_path, caplog):
+def test_budget_run_shows_progress_against_the_budget_and_says_why_it_stopped(tmp_path, tiny_model_path, caplog,
+                                                                              recwarn):
     import logging
 
     from transformers.trainer_callback import ProgressCallback
@@ -267,3 +268,4 @@ def test_budget_run_shows_progress_against_the_budget_and_says_why_it_stopped(tm
     assert trainer.state.global_step == 1
     assert "training stopped at step 1 of 3 (epoch" in caplog.text
     assert "the max_train_minutes=0.0001 budget was reached" in caplog.text
+    assert not [w for w in recwarn if "is_gradient_checkpointing" in str(w.message)]

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "short names stsb, scifact, banking77) or any mteb task name, whose data comes from the Hub. "
                         "(default: %(default)s)")
     p.add_argument("--limit", type=int, default=None,
-                   help="Reduced run (N >= 3): N STS pairs / N SciFact queries (+relevant docs + distractors) / N Banking77 "
+                   help="Reduced run (N >= 3): N STS pairs / N SciFact queries (+relevant docs + distractors) / "
+                        "N Banking77 "
                         "test texts (seeded). Results are labelled as reduced.")
     p.add_argument("--seed", type=int, default=42,
                    help="Seed of the --limit samples and of the bootstrap intervals. (default: %(default)s)")
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (1 is much faster on a CPU shared with other jobs).")
     p.add_argument("--generation-check", action="store_true",
                    help="Also report perplexity on held-out text and greedy answers for each causal LM.")
-    p.add_argument("--samples", type=int, default=5, help="STS sample pairs with rationales in the HTML report. (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=5,
+                   help="STS sample pairs with rationales in the HTML report. (default: %(default)s)")
     p.add_argument("--no-html", action="store_true", help="Skip report.html and scores.png.")
     p.add_argument("--output-dir", required=True,
                    help="Where results.json/.md, report.html, mteb's result files and the caches go.")
