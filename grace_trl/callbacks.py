@@ -12,6 +12,7 @@ import os
 import time
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +137,70 @@ class TimeBudgetCallback(TrainerCallback):
             if self.minutes and args.eval_strategy != "no":
                 control.should_evaluate = True
         return control
+
+
+def _num(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# what one training log line shows (label, key); every logged value stays in trainer_state.json and the curves
+LOG_LINE_KEYS = (("reward", "reward"), ("reward std", "reward_std"), ("pos sim", "grace/pos_sim"),
+                 ("neg sim", "grace/neg_sim"), ("margin", "grace/margin"), ("truncated", "grace/truncation_rate"),
+                 ("loss", "loss"), ("s/step", "step_time"))
+
+
+def format_log(logs: dict, step: int) -> str:
+    """One short line per log: the step's main GRACE metrics, a dev-set score, or the run summary."""
+    logs = {k: v for k, v in logs.items() if k != "total_flos"}
+    epoch = f" (epoch {logs['epoch']:.2f})" if isinstance(logs.get("epoch"), float) else ""
+    if "reward" in logs:
+        shown = [f"{label} {_num(logs[key])}" for label, key in LOG_LINE_KEYS if key in logs]
+        return f"step {step}{epoch}: " + ", ".join(shown)
+    evals = {k: v for k, v in logs.items() if k.startswith("eval_")}
+    if evals:
+        runtime = next((v for k, v in evals.items() if k.endswith("_runtime")), None)
+        scores = ", ".join(f"{k.removeprefix('eval_')} {_num(v)}" for k, v in evals.items()
+                           if not k.endswith(("_runtime", "_per_second")))
+        took = f" ({runtime:.0f} s)" if isinstance(runtime, (int, float)) else ""
+        return f"dev-set evaluation at step {step}{took}: {scores}"
+    return f"step {step}{epoch}: " + ", ".join(f"{k} {_num(v)}" for k, v in logs.items() if k != "epoch")
+
+
+class GRACEProgressCallback(ProgressCallback):
+    """transformers' progress bar, measured against ``max_train_minutes`` when a budget ends the run.
+
+    With a budget the bar counts seconds of the budget and shows the steps done, instead of counting to a
+    ``max_steps`` the run will not reach (and an ETA of hours). Log lines are short, numeric and one per log.
+    """
+
+    def __init__(self, minutes: float | None = None):
+        super().__init__()
+        self.minutes = float(minutes) if minutes else None
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not self.minutes:
+            return super().on_train_begin(args, state, control, **kwargs)
+        from tqdm.auto import tqdm
+
+        self.start = time.monotonic()
+        self.current_step = state.global_step
+        if state.is_world_process_zero:
+            total = int(round(60 * self.minutes))
+            self.training_bar = tqdm(total=total, unit="s", dynamic_ncols=True, desc=f"budget {self.minutes:g} min",
+                                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s {postfix}")
+            self.training_bar.set_postfix_str(f"step {state.global_step}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.minutes:
+            return super().on_step_end(args, state, control, **kwargs)
+        self.current_step = state.global_step
+        if state.is_world_process_zero and self.training_bar is not None:
+            elapsed = min(time.monotonic() - self.start, self.training_bar.total)
+            self.training_bar.update(elapsed - self.training_bar.n)
+            self.training_bar.set_postfix_str(f"step {state.global_step}, {elapsed / max(state.global_step, 1):.0f}"
+                                              " s/step")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(format_log(logs, state.global_step))

@@ -11,7 +11,7 @@ import html
 import json
 import re
 import textwrap
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .pooling import POOLING_METHODS
 from .settings import GRACESettings
@@ -36,11 +36,18 @@ TEMPLATE = """---
 
 # {{ model_name }}
 
-{% if base_model %}This model is a fine-tuned version of [{{ base_model }}](https://huggingface.co/{{ base_model }}){% else %}This model{% endif %}{% if dataset_name %} on the [{{ dataset_name }}](https://huggingface.co/datasets/{{ dataset_name }}) dataset{% endif %}, trained as a text embedder with **GRACE** ([{{ paper_title }}](https://huggingface.co/papers/{{ paper_id }})) using [grace-trl](https://pypi.org/project/grace-trl/) on top of [TRL](https://github.com/huggingface/trl).
-The model writes a short rationale about a text; {{ pooling_text }}, L2-normalised, is the embedding. The weights are an ordinary causal LM, so the same folder also generates rationales with transformers or vLLM.
+{% if base_model %}This model is a fine-tuned version of [{{ base_model }}](https://huggingface.co/{{ base_model }}){% else %}This model{% endif %}{% if dataset_name %} on the [{{ dataset_name }}](https://huggingface.co/datasets/{{ dataset_name }}) dataset{% endif %}, trained as a text embedder with **GRACE** ([{{ paper_title }}](https://huggingface.co/papers/{{ paper_id }})) using grace_trl on top of [TRL](https://github.com/huggingface/trl).
+{% if base_weights_note %}{{ base_weights_note }}
+{% endif %}The model writes a short rationale about a text; {{ pooling_text }}, L2-normalised, is the embedding. The weights are an ordinary causal LM, so the same folder also generates rationales with transformers or vLLM.
+
+## Install
+
+`GRACEEncoder` and the sentence-transformers module below come with grace_trl, which is not published on PyPI: install it from a clone of the grace_trl repository with `pip install -e .` (its README lists the torch build to install first).
 
 ## How to embed
-
+{% if local_folder %}
+`{{ model_id }}` stands for the path of this folder.
+{% endif %}
 With rationales (GRACE's embedding):
 
 ```python
@@ -61,6 +68,8 @@ model = load_sentence_transformer({{ model_id_literal }})
 embeddings = model.encode(["A man is playing a guitar.", "Someone plays an instrument."])
 print(model.similarity(embeddings, embeddings))
 ```
+
+For most sentence-transformers models `prompt=` is a prefix of the text. Here it replaces GRACE's instruction inside the chat template, as `GRACEEncoder.encode(prompt=...)` does. The saved `query` and `document` prompts are empty, so `encode_query` and `encode_document` embed the same way, as in training.
 {% endif %}
 ## GRACE settings (`grace_config.json`)
 
@@ -80,9 +89,9 @@ print(model.similarity(embeddings, embeddings))
 {% if results %}
 ## Evaluation
 
-| task | metric | value |
-|---|---|---|
-{% for task, metric, value in results %}| {{ task }} | {{ metric }} | {{ "%.4f" % value }} |
+| task | dataset | split | n | metric | value |
+|---|---|---|---|---|---|
+{% for r in results %}| {{ r.task }} | {{ r.dataset }} | {{ r.split }} | {{ r.n }} | {{ r.metric }} | {{ "%.4f" % r.value }} |
 {% endfor %}{% endif %}
 ### Framework versions
 
@@ -128,13 +137,54 @@ def _versions() -> list[tuple[str, str]]:
     return out
 
 
+def mteb_eval_results(results: Mapping[str, Mapping[str, float]]) -> list:
+    """``{mteb task: {metric: value}}`` of full official runs as ``EvalResult``s: the task type, dataset, revision
+    and split come from mteb's task metadata. A reduced run or another dataset is described by the caller with
+    its own ``EvalResult`` (``dataset_args={"n": ..., "reduced": True}``)."""
+    import mteb
+    from huggingface_hub import EvalResult
+
+    out = []
+    for task, metrics in results.items():
+        try:
+            meta = mteb.get_task(task).metadata
+        except KeyError:
+            raise ValueError(f"results: {task!r} is not an mteb task name; pass huggingface_hub.EvalResult objects "
+                             "for results on other data") from None
+        for metric, value in metrics.items():
+            out.append(EvalResult(task_type=meta._hf_task_type()[0], task_name=meta.type,
+                                  dataset_type=meta.dataset["path"], dataset_name=meta.name,
+                                  dataset_split=meta.eval_splits[0], dataset_revision=meta.dataset["revision"],
+                                  metric_type=metric, metric_value=float(value)))
+    return out
+
+
+def _results_rows(eval_results: list) -> list[dict]:
+    rows = []
+    for r in eval_results:
+        n = (r.dataset_args or {}).get("n")
+        reduced = " (reduced)" if (r.dataset_args or {}).get("reduced") else ""
+        rows.append({"task": escape_markdown(r.dataset_name + reduced), "dataset": escape_markdown(r.dataset_type),
+                     "split": escape_markdown(r.dataset_split or "?"),
+            "n": f"{n:,}" if isinstance(n, int) else "full", "metric": escape_markdown(r.metric_type),
+            "value": float(r.metric_value)})
+    return rows
+
+
 def build_model_card(model_id: str, settings: GRACESettings, model_name: str | None = None,
                      base_model: str | None = None,
                      license: str | None = None, dataset_name: str | None = None,
-                     results: Mapping[str, Mapping[str, float]] | None = None,
+                     results: Mapping[str, Mapping[str, float]] | Sequence[Any] | None = None,
                      training: Mapping[str, Any] | None = None, tags: list[str] | None = None,
-                     wandb_url: str | None = None, trackio_url: str | None = None, comet_url: str | None = None):
-    """A :class:`huggingface_hub.ModelCard`; ``results`` (task → metric → value) become its model-index."""
+                     wandb_url: str | None = None, trackio_url: str | None = None, comet_url: str | None = None,
+                     base_weights_note: str | None = None, local_folder: bool = False):
+    """A :class:`huggingface_hub.ModelCard` with a model-index of ``results``.
+
+    ``results``: ``huggingface_hub.EvalResult`` objects, or ``{mteb task: {metric: value}}`` of full official runs
+    (see :func:`mteb_eval_results`). ``model_id`` is what the snippets load: a Hub id, or with ``local_folder``
+    a folder name the card says stands for the folder's path (a local card names no path of the machine
+    that wrote it).
+    """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from .st_module import SENTENCE_TRANSFORMERS_POOLING
@@ -143,9 +193,14 @@ def build_model_card(model_id: str, settings: GRACESettings, model_name: str | N
         raise ValueError(f"settings.pooling must be one of {POOLING_METHODS}, got {settings.pooling!r}")
 
     name = model_name or model_id.rstrip("/").split("/")[-1]
-    eval_results = [EvalResult(task_type="sentence-similarity", dataset_type=task, dataset_name=task,
-                               metric_type=metric, metric_value=float(value))
-                    for task, metrics in (results or {}).items() for metric, value in metrics.items()]
+    if isinstance(results, Mapping):
+        eval_results = mteb_eval_results(results)
+    else:
+        eval_results = list(results or [])
+        bad = [r for r in eval_results if not isinstance(r, EvalResult)]
+        if bad:
+            raise ValueError(f"results must be huggingface_hub.EvalResult objects or a {{task: {{metric: value}}}} "
+                             f"mapping, got {type(bad[0]).__name__}")
     all_tags = list(dict.fromkeys([*TAGS, *(tags or [])]))
     card_data = ModelCardData(base_model=base_model, datasets=[dataset_name] if dataset_name else None,
                               license=license, library_name="sentence-transformers", model_name=name,
@@ -156,8 +211,7 @@ def build_model_card(model_id: str, settings: GRACESettings, model_name: str | N
         dataset_name=dataset_name, paper_title=PAPER["title"], paper_id=PAPER["id"], citation=PAPER["citation"],
         settings=[(k, escape_markdown(v)) for k, v in vars(settings).items()],
         training=[(escape_markdown(k), escape_markdown(v)) for k, v in (training or {}).items()],
-        results=[(escape_markdown(t), escape_markdown(m), float(v)) for t, ms in (results or {}).items()
-                 for m, v in ms.items()],
+        results=_results_rows(eval_results), base_weights_note=base_weights_note, local_folder=local_folder,
         pooling_text=POOLING_TEXT[settings.pooling],
         sentence_transformers=settings.pooling in SENTENCE_TRANSFORMERS_POOLING,
         versions=_versions(), wandb_url=wandb_url, trackio_url=trackio_url, comet_url=comet_url)

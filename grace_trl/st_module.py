@@ -8,7 +8,10 @@ the functions the trainer and the encoder use, so the three agree. sentence-tran
 ``type`` recorded in ``modules.json`` (``grace_trl`` must be installed).
 
 A sentence-transformers ``prompt`` (or ``prompt_name``) replaces the checkpoint's GRACE instruction, which is
-what ``GRACEEncoder.encode(prompt=...)`` does as well.
+what ``GRACEEncoder.encode(prompt=...)`` does as well. This differs from most sentence-transformers models, where
+a prompt is a prefix of the text: here the text stays as it is and the prompt moves into the chat template. The
+saved ``query``/``document`` prompts are empty, so ``encode_query`` and ``encode_document`` embed as training
+did.
 """
 
 from __future__ import annotations
@@ -203,6 +206,8 @@ def write_sentence_transformers_files(folder: str, settings: GRACESettings | Non
     sentence-transformers writes its own files into a scratch folder (no weights: the module runs in
     configuration-only mode) and only those are copied into ``folder``, along with ``grace_config.json``.
     """
+    import logging
+
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize
 
@@ -210,10 +215,18 @@ def write_sentence_transformers_files(folder: str, settings: GRACESettings | Non
     if settings is None:
         raise FileNotFoundError(f"{folder} has no {SETTINGS_FILE}; save the GRACE settings first")
     check_sentence_transformers_pooling(settings)
+    if max_seq_length is None:
+        max_seq_length = model_context_length(folder)
     module = GRACETransformer(None, None, settings, max_seq_length=max_seq_length, save_weights=False)
     st_model = SentenceTransformer(modules=[module, Normalize()], device="cpu", similarity_fn_name="cosine")
+    st_logger = logging.getLogger("sentence_transformers")
+    level = st_logger.level
     with tempfile.TemporaryDirectory() as tmp:
-        st_model.save(tmp, create_model_card=False)
+        st_logger.setLevel(logging.WARNING)  # "Saving model to /tmp/tmp...": a scratch folder, not news to a user
+        try:
+            st_model.save(tmp, create_model_card=False)
+        finally:
+            st_logger.setLevel(level)
         with open(os.path.join(tmp, "modules.json"), encoding="utf-8") as f:
             modules = json.load(f)
         for name in (*ST_ROOT_FILES, MODULE_CONFIG_FILE, SETTINGS_FILE):
@@ -223,3 +236,14 @@ def write_sentence_transformers_files(folder: str, settings: GRACESettings | Non
                 dst = os.path.join(folder, entry["path"])
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(os.path.join(tmp, entry["path"]), dst)
+
+
+def model_context_length(folder: str) -> int | None:
+    """The positions the model in ``folder`` attends to (its config), sentence-transformers' ``max_seq_length``."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return None
+    from transformers import AutoConfig
+
+    from .checks import context_length
+
+    return context_length(AutoConfig.from_pretrained(folder))

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from contextlib import nullcontext
 from typing import Sequence
 
@@ -165,9 +166,15 @@ class GRACETrainer(GRPOTrainer):
                                  eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         finally:
             args.eval_strategy = eval_strategy
-        from .callbacks import TimeBudgetCallback, TrainingCurvesCallback
+        from transformers.trainer_callback import ProgressCallback
+
+        from .callbacks import GRACEProgressCallback, TimeBudgetCallback, TrainingCurvesCallback
 
         self.add_callback(TrainingCurvesCallback())
+        if any(isinstance(cb, ProgressCallback) for cb in self.callback_handler.callbacks):
+            # progress against max_train_minutes when a budget ends the run; short numeric log lines
+            self.remove_callback(ProgressCallback)
+            self.add_callback(GRACEProgressCallback(args.max_train_minutes))
         if args.max_train_minutes:
             self.add_callback(TimeBudgetCallback(args.max_train_minutes))
         self._grace_rows = None  # rows of the generation batch being generated (for fused anchors)
@@ -512,6 +519,8 @@ class GRACETrainer(GRPOTrainer):
         from .encoder import GRACEEncoder
 
         start = time.perf_counter()
+        if self.accelerator.is_main_process:
+            self._log_evaluation_start()
         with (
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
@@ -549,6 +558,18 @@ class GRACETrainer(GRPOTrainer):
         from .aliases import cache_dir
 
         return str(cache_dir() / "rationales")
+
+    def _log_evaluation_start(self) -> None:
+        """Say what the (possibly minutes-long) dev-set evaluation does before it starts and how long the last took."""
+        about = self._evaluator_description()
+        what = (f"{about['n']:,} {about['unit']} of {about['dataset']} ({about['split']} split)" if about
+                else "the dev set")
+        whose = "the untrained model" if self.state.global_step == 0 else f"the model at step {self.state.global_step}"
+        name = getattr(self.embedding_evaluator, "name", "embedding")
+        last = [h[k] for h in self.state.log_history for k in h if k == f"eval_{name}_runtime"]
+        took = f"; the last evaluation took {last[-1]:.0f} s" if last else ""
+        logger.info("dev-set evaluation of %s: embedding %s, a rationale of up to %d tokens per text%s", whose, what,
+                    self.args.max_completion_length, took)
 
     # --------------------------------------------------------------- rewards
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -665,9 +686,15 @@ class GRACETrainer(GRPOTrainer):
             self._step_health = StepHealth()
             reference = self._reference_generation_check() if self.args.generation_check else None
             start = time.perf_counter()
-            result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
-                                   ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+            with warnings.catch_warnings():
+                # TRL 1.16 (pinned) reads transformers' deprecated `is_gradient_checkpointing` at every generation
+                # and embedding pass: one FutureWarning per step that no GRACE user can act on
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
+                                       ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
             self._write_timing(time.perf_counter() - start)
+            self._log_why_training_stopped()
             if self.args.generation_check:
                 self._final_generation_check(reference)
         finally:
@@ -790,6 +817,18 @@ class GRACETrainer(GRPOTrainer):
             self._grace_data_fingerprint = h.hexdigest()
         return getattr(self, "_grace_data_fingerprint", None)
 
+    def _log_why_training_stopped(self) -> None:
+        state, args = self.state, self.args
+        epoch = f"epoch {state.epoch:.2f}" if state.epoch is not None else "epoch ?"
+        if state.global_step >= state.max_steps:
+            reason = f"max_steps={args.max_steps} reached" if args.max_steps > 0 else \
+                f"num_train_epochs={args.num_train_epochs:g} done"
+        elif args.max_train_minutes:
+            reason = f"the max_train_minutes={args.max_train_minutes:g} budget was reached"
+        else:
+            reason = "a callback stopped it"
+        logger.info("training stopped at step %d of %d (%s): %s", state.global_step, state.max_steps, epoch, reason)
+
     def _record_step_health(self, output) -> None:
         """Warn about (and log) generation batches that cannot move the policy."""
         health = getattr(self, "_step_health", None)
@@ -813,15 +852,20 @@ class GRACETrainer(GRPOTrainer):
             return
         from trl.trainer.utils import get_comet_experiment_url, get_config_model_id, get_trackio_space_url
 
-        from .aliases import hub_base_model
+        from .aliases import base_weights_note, hub_base_model
         from .model_card import build_model_card
 
-        base_model, license_ = hub_base_model(get_config_model_id(self.model.config))
+        source = get_config_model_id(self.model.config)
+        base_model, license_ = hub_base_model(source)
         tags = [tags] if isinstance(tags, str) else list(tags or [])
-        hub_model_id = getattr(self, "hub_model_id", None)
-        card = build_model_card(hub_model_id or self.args.output_dir, self.args.grace_settings(),
+        # the pushed card loads the repo; a local card names the folder, never a path of this machine
+        hub_model_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id
+        model_id = hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        card = build_model_card(model_id, self.args.grace_settings(),
             model_name=model_name, base_model=base_model, license=license_,
             dataset_name=dataset_name, tags=[*self._tag_names, *tags], training=self._card_training_summary(),
+            results=self._card_dev_results(), base_weights_note=base_weights_note(source),
+            local_folder=hub_model_id is None,
             trackio_url=get_trackio_space_url(), comet_url=get_comet_experiment_url())
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
@@ -842,16 +886,42 @@ class GRACETrainer(GRPOTrainer):
                 + ("generation kept" if check["kept"] else "generation NOT kept"))
         return summary
 
-    def _card_dev_scores(self) -> dict:
-        """The embedding evaluator's main scores, first and last evaluation: the card says whether training helped."""
+    def _dev_keys(self) -> tuple[list[dict], list[str]]:
         evals = [h for h in self.state.log_history if any(k.startswith("eval_") for k in h)]
         keys = [k for k in (evals[-1] if evals else {}) if re.fullmatch(r"eval_\w*(spearman|ndcg_at_\d+)", k)]
+        return evals, keys
+
+    def _evaluator_description(self) -> dict | None:
+        describe = getattr(self.embedding_evaluator, "describe", None)
+        return describe() if callable(describe) else None
+
+    def _card_dev_scores(self) -> dict:
+        """The embedding evaluator's main scores, first and last evaluation: the card says whether training helped,
+        and on what (dataset, split, n)."""
+        evals, keys = self._dev_keys()
+        about = self._evaluator_description()
+        on = f"; {about['dataset']}, {about['split']} split, n = {about['n']:,} {about['unit']}" if about else ""
         out = {}
         for key in keys:
             points = [(h["step"], h[key]) for h in evals if key in h]
             (s0, v0), (s1, v1) = points[0], points[-1]
-            out[f"dev {key}"] = f"{v0:.2f} (step {s0})" + (f" → {v1:.2f} (step {s1})" if s1 != s0 else "")
+            out[f"dev {key}"] = f"{v0:.2f} (step {s0})" + (f" → {v1:.2f} (step {s1})" if s1 != s0 else "") + on
         return out
+
+    def _card_dev_results(self) -> list:
+        """The last dev score of the evaluator's main metric as the card's model-index entry (mteb's 0-1 scale)."""
+        from huggingface_hub import EvalResult
+
+        evals, keys = self._dev_keys()
+        about = self._evaluator_description()
+        name = getattr(self.embedding_evaluator, "name", "embedding")
+        main = [k for k in keys if about and k == f"eval_{name}_{about['metric'].removeprefix('cosine_')}"]
+        if not main:
+            return []
+        value = [h[main[0]] for h in evals if main[0] in h][-1]
+        return [EvalResult(task_type=about["task_type"], dataset_type=about["dataset"], dataset_name=about["dataset"],
+                           dataset_split=about["split"], dataset_args={"n": about["n"]},
+                           metric_type=about["metric"], metric_value=round(value / 100.0, 6))]
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the checkpoint plus ``grace_config.json`` so an encoder embeds exactly as training did.

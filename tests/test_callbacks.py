@@ -50,3 +50,33 @@ def test_a_failure_on_the_main_process_is_raised_on_every_rank(tmp_path):
     assert main == "FileNotFoundError: STSBenchmark/sts-dev.csv is missing"
     assert other == "RuntimeError: the main process failed (FileNotFoundError: STSBenchmark/sts-dev.csv is missing)"
     assert _two_ranks(result_worker, tmp_path) == [{"spearman": 0.5, "rank": 0}] * 2
+
+
+def test_progress_bar_counts_the_time_budget_not_max_steps():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from grace_trl.callbacks import GRACEProgressCallback
+
+    args = TrainingArguments(output_dir="unused", max_steps=1000, report_to="none")
+    state, control = TrainerState(max_steps=1000), TrainerControl()
+    bar = GRACEProgressCallback(minutes=10)
+    bar.on_train_begin(args, state, control)
+    assert bar.training_bar.total == 600 and bar.training_bar.unit == "s"
+    state.global_step = 21
+    bar.on_step_end(args, state, control)
+    shown = str(bar.training_bar)
+    assert "step 21" in shown and "/600 s" in shown and "1000" not in shown
+    bar.on_train_end(args, state, control)
+
+
+def test_log_lines_are_short_and_numeric():
+    from grace_trl.callbacks import format_log
+
+    line = format_log({"loss": 0.00123456, "grad_norm": 1.5, "learning_rate": 1e-5, "num_tokens": 12345.0,
+                       "completions/mean_length": 60.0, "reward": 0.41234, "reward_std": 0.05, "grace/pos_sim": 0.8,
+                       "grace/neg_sim": 0.4, "grace/margin": 0.4, "grace/truncation_rate": 0.25,
+                       "step_time": 28.07, "epoch": 0.0333, "total_flos": 0.0}, step=5)
+    assert line == ("step 5 (epoch 0.03): reward 0.4123, reward std 0.05, pos sim 0.8, neg sim 0.4, margin 0.4, "
+                    "truncated 0.25, loss 0.001235, s/step 28.07")
+    assert format_log({"eval_sts_spearman": 31.2, "eval_sts_runtime": 130.4, "epoch": 0.0}, step=0) == \
+        "dev-set evaluation at step 0 (130 s): sts_spearman 31.2"

@@ -123,3 +123,30 @@ def test_dataset_test_split_errors_are_one_line(tmp_path, capsys):
                  "--output_dir", str(tmp_path / "out")]) == 2
     assert _error_line(capsys) == ("grace-trl train: error: dataset_test_split 'test' is only evaluated with "
                                    "eval_strategy 'steps' or 'epoch'; add e.g. --eval_strategy steps --eval_steps 50")
+
+
+def test_train_help_keeps_whole_sentences_and_names_files_that_exist(capsys):
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip().startswith("--")}
+    assert "e.g. 'query=sent0,positive=sent1,negatives=hard_neg' or 'text=sentence'" in lines["--column_mapping"]
+    assert "e.g. 'test' of a Hub dataset" in lines["--dataset_test_split"]
+    recipes = re.findall(r"recipes/\S+?\.yaml", out)
+    assert recipes and all((root / recipe).is_file() for recipe in recipes), recipes
+    for name in sorted(p.stem for p in (root / "recipes" / "accelerate_configs").glob("*.yaml")):
+        assert name in out, name
+
+
+def test_eval_help_explains_every_option_and_its_default():
+    from grace_trl.commands.eval import build_parser
+
+    for action in build_parser()._actions:
+        name = action.option_strings[-1]
+        assert action.help, f"{name} has no help text"
+        if action.default not in (None, False) and name != "--help":
+            assert "default" in action.help, f"{name} does not say its default ({action.default})"

@@ -355,3 +355,105 @@ def test_no_module_writes_into_an_encoders_settings():
                         and target.value.attr == "settings"):
                     writes.append(f"{path.relative_to(package)}:{node.lineno}")
     assert not writes, f"settings overridden by assignment instead of encode(system_prompt=...): {writes}"
+
+
+def test_eval_cli_on_a_checkpoint_the_trainer_wrote(tiny_model_path, shared_data, tmp_path, recwarn):
+    """A GRACE checkpoint also holds modules.json; it must still be evaluated through GRACEEncoder, with rationales."""
+    from datasets import Dataset
+
+    from grace_trl import GRACEConfig
+    from grace_trl.commands.eval import main
+    from grace_trl.trainer import GRACETrainer
+
+    ckpt = tmp_path / "grace-sup"
+    args = GRACEConfig(output_dir=str(ckpt), use_cpu=True, bf16=False, report_to="none", num_generations=2,
+                       per_device_train_batch_size=2, max_completion_length=2)
+    data = Dataset.from_dict({"query": ["q"], "positive": ["p"], "negatives": [["n"]]})
+    GRACETrainer(tiny_model_path, args=args, train_dataset=data).save_model(str(ckpt))
+    assert (ckpt / "modules.json").is_file() and (ckpt / "grace_config.json").is_file()
+    out = tmp_path / "eval"
+    assert main(["--model", f"grace={ckpt}", "--tasks", "STSBenchmark", "--limit", "4", "--data-dir",
+                 str(shared_data), "--no-html", "--samples", "0", "--output-dir", str(out)]) == 0
+    (model,) = json.loads((out / "results.json").read_text())["models"]
+    assert model["kind"] == "grace" and model["settings"]["rationale"] is True
+    assert model["settings"]["max_new_tokens"] == 2
+    # a few pairs make a small embedding cache (mteb's default file holds 100,000 vectors: 230 MB apparent size)
+    vectors = list((out / "embedding_cache").rglob("vectors.npy"))
+    assert vectors and all(v.stat().st_size < 5_000_000 for v in vectors)
+    # mteb's cache bookkeeping warnings stay out of the command's output
+    assert not [w for w in recwarn if "/mteb/" in w.filename], [str(w.message) for w in recwarn]
+
+
+def test_eval_cli_shows_mteb_errors_only():
+    import logging
+
+    from grace_trl.commands.eval import _quiet_mteb
+
+    def record(name, level):
+        return logging.LogRecord(name, level, __file__, 1, "message", None, None)
+
+    assert not _quiet_mteb(record("mteb.models.cache_wrappers.cache_wrapper", logging.INFO))
+    assert not _quiet_mteb(record("mteb.abstasks.abstask", logging.WARNING))
+    assert _quiet_mteb(record("mteb.evaluate", logging.ERROR))
+    assert _quiet_mteb(record("grace_trl.evaluation.runner", logging.INFO))
+
+
+def test_mteb_cache_never_returns_another_reductions_score(tiny_model_path, shared_data, tmp_path):
+    """mteb reuses a cached result when the dataset revision matches: each reduction must have its own."""
+    import mteb
+
+    from grace_trl.encoder import GRACEEncoder
+    from grace_trl.evaluation.mteb_wrapper import GRACEMTEBEncoder
+
+    model = GRACEMTEBEncoder(GRACEEncoder.from_pretrained(tiny_model_path, device="cpu"), use_rationale=False,
+                             show_progress_bar=False)
+    cache = mteb.ResultCache(tmp_path / "cache")
+
+    def score(limit, cache):
+        task = get_local_task("STSBenchmark", data_dir=shared_data, limit=limit)
+        assert task.reduced is (limit is not None)  # known before the data loads
+        (result,) = mteb.evaluate(model, [task], cache=cache, show_progress_bar=False).task_results
+        return result
+
+    official = mteb.get_task("STSBenchmark").metadata.revision
+    four, six = score(4, cache), score(6, cache)
+    assert four.dataset_revision == f"{official}+reduced:limit=4,seed=42"
+    assert six.dataset_revision == f"{official}+reduced:limit=6,seed=42"
+    assert six.get_score() == pytest.approx(score(6, mteb.ResultCache(tmp_path / "fresh")).get_score(), abs=1e-9)
+    assert six.get_score() != pytest.approx(four.get_score(), abs=1e-6)
+    assert get_local_task("STSBenchmark", data_dir=shared_data).metadata.revision == official
+    bank = get_local_task("banking77", data_dir=shared_data, samples_per_label=2)
+    assert bank.reduced and "samples_per_label=2" in bank.metadata.revision
+    scifact = get_local_task("scifact", data_dir=shared_data, limit=3, n_distractors=9)
+    assert "distractors=9" in scifact.metadata.revision
+
+
+@pytest.mark.parametrize("limit", ["1", "2"])
+def test_eval_cli_rejects_a_limit_too_small_before_loading_a_model(limit, shared_data, tmp_path, capsys):
+    from grace_trl.commands.eval import main
+
+    # "no-such-model" would fail to load: the limit is reported first, in one line
+    assert main(["--model", "no-such-model", "--tasks", "STSBenchmark", "--limit", limit, "--data-dir",
+                 str(shared_data), "--output-dir", str(tmp_path / "out")]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "limit must be >= 3" in err
+
+
+def test_single_task_report_says_only_what_it_shows():
+    """One STS task of 3 pairs: no interval to show, no "Avg" bar repeating "STS", the reduction in words."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from grace_trl.evaluation.report import bar_plot, html_report, markdown_tables, text_table
+
+    results = {"models": [{"label": "grace", "path": "out/g", "settings": {}}],
+               "tasks": [{"name": "STSBenchmark", "type": "STS", "main_score": "cosine_spearman", "reduced": True,
+                          "reduction": {"pairs": 3, "full_pairs": 1379, "seed": 42}, "scores": {"grace": 0.5},
+                          "n": 3, "unit": "pairs",
+                          "intervals": {"grace": {"score": 0.5, "low": None, "high": None}}}]}
+    page = html_report(results, None)
+    assert "Under each score" not in page and "No 95% interval" in page
+    assert "<th>Avg</th>" not in page and "{" not in page.split("<body>")[1]
+    assert "STSBenchmark reduction: pairs=3, full_pairs=1,379, seed=42" in page
+    assert [t.get_text() for t in bar_plot(results).axes[0].get_xticklabels()] == ["STS"]
+    assert "Avg" not in text_table(results) and "Avg |" not in markdown_tables(results)

@@ -69,3 +69,20 @@ def test_dev_evaluators_read_dev_splits(shared_data):
     assert len(sts.pairs) == 50 and set(sts.pairs) <= set(load_sts_benchmark(shared_data, split="dev"))
     ret = build_evaluator("retrieval-dev", shared_data, limit=5, seed=0)
     assert len(ret.queries) == 5 and ret.info["full_queries"] == 809  # SciFact train queries, not the 300 test
+
+
+def test_training_with_the_sts_evaluator_does_not_import_mteb(tiny_model_path):
+    """mteb (and polars) take seconds to import and belong to `grace-trl eval`, not to a training process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import grace_trl.commands.train, grace_trl.trainer\n"
+            "from grace_trl.encoder import GRACEEncoder\n"
+            "from grace_trl.evaluation.evaluators import build_evaluator\n"
+            "evaluator = build_evaluator('sts-dev-sample', limit=3, max_new_tokens=2)\n"
+            f"evaluator(GRACEEncoder.from_pretrained({tiny_model_path!r}, device='cpu'))\n"
+            "print(sorted(m for m in ('mteb', 'polars') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -28,6 +28,9 @@ def test_model_meta_loads_and_evaluates_a_local_checkpoint(checkpoint, shared_da
     model = meta.load_model(device="cpu")
     assert isinstance(model, GRACEMTEBEncoder) and model.use_rationale and model.max_new_tokens == 3
     assert model.mteb_model_meta.revision == meta.revision
+    # what mteb records about the model, read from the folder without loading it, agrees with the loaded model
+    for fact in ("n_parameters", "embed_dim", "max_tokens"):
+        assert getattr(meta, fact) is not None and getattr(meta, fact) == getattr(model.mteb_model_meta, fact), fact
 
     no_rationale = grace_model_meta(str(checkpoint), use_rationale=False).load_model(device="cpu")
     assert not no_rationale.use_rationale

@@ -89,3 +89,18 @@ def test_module_names_say_what_they_hold():
     # the old names misled: models.py held aliases, reporting.py training-curve callbacks
     assert importlib.util.find_spec("grace_trl.models") is None
     assert importlib.util.find_spec("grace_trl.reporting") is None
+
+
+def test_every_upper_version_bound_gives_its_reason():
+    """An unexplained cap blocks users' upgrades for nothing: each one names the grace_trl code that needs it."""
+    lines = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text(encoding="utf-8").splitlines()
+    start = lines.index("install_requires =")
+    capped = []
+    for i in range(start + 1, len(lines)):
+        line = lines[i].strip()
+        if not lines[i].startswith((" ", "\t")) or not line:
+            break
+        if "<" in line and not line.startswith("#"):
+            capped.append(line)
+            assert lines[i - 1].strip().startswith("# "), f"setup.cfg: {line} has no reason above it"
+    assert len(capped) >= 10

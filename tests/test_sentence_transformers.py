@@ -139,3 +139,19 @@ def test_encoder_accepts_sentence_transformers_arguments(encoder):
         encoder.encode(texts, prompt_name="passage", **kw)
     with pytest.raises(ValueError, match="either prompt or instruction"):
         encoder.encode(texts, prompt="x", instruction="y", **kw)
+
+
+def test_sentence_transformers_files_take_the_models_context_quietly(checkpoint, caplog):
+    import json
+    import logging
+
+    from sentence_transformers import SentenceTransformer
+
+    from grace_trl.st_module import MODULE_CONFIG_FILE, write_sentence_transformers_files
+
+    with caplog.at_level(logging.INFO):
+        write_sentence_transformers_files(str(checkpoint))
+    assert "Saving model to" not in caplog.text  # the scratch folder is no news to a user
+    assert json.loads((checkpoint / MODULE_CONFIG_FILE).read_text())["max_seq_length"] == 1024  # the tiny model's
+    st = SentenceTransformer(str(checkpoint), device="cpu", local_files_only=True, trust_remote_code=True)
+    assert st.max_seq_length == 1024

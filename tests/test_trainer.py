@@ -303,3 +303,23 @@ def test_time_budget_stops_training_and_a_resumed_run_counts_the_time_already_sp
     resumed.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-1"))
     assert resumed.state.global_step == 2
     assert os.path.isdir(os.path.join(args.output_dir, "checkpoint-2"))
+
+
+def test_budget_run_shows_progress_against_the_budget_and_says_why_it_stopped(tmp_path, tiny_model_path, caplog,
+                                                                              recwarn):
+    import logging
+
+    from transformers.trainer_callback import ProgressCallback
+
+    from grace_trl.callbacks import GRACEProgressCallback
+
+    trainer = GRACETrainer(tiny_model_path, args=config(tmp_path, max_steps=3, max_train_minutes=1e-4),
+                           train_dataset=sup_rows())
+    bars = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)]
+    assert len(bars) == 1 and isinstance(bars[0], GRACEProgressCallback) and bars[0].minutes == 1e-4
+    with caplog.at_level(logging.INFO, logger="grace_trl"):
+        trainer.train()
+    assert trainer.state.global_step == 1
+    assert "training stopped at step 1 of 3 (epoch" in caplog.text
+    assert "the max_train_minutes=0.0001 budget was reached" in caplog.text
+    assert not [w for w in recwarn if "is_gradient_checkpointing" in str(w.message)]

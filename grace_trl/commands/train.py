@@ -34,8 +34,8 @@ class ScriptArguments:
         "help": "Split to evaluate on at eval_strategy (TRL's name), e.g. 'test' of a Hub dataset or of a local "
                 "folder holding train.csv and test.csv. Default: no eval dataset."})
     column_mapping: str | None = field(default=None, metadata={
-        "help": "e.g. 'query=sent0,positive=sent1,negatives=hard_neg' or 'text=sentence'; "
-                "'+' joins negative columns."})
+        "help": "Which file columns hold GRACE's fields, e.g. 'query=sent0,positive=sent1,negatives=hard_neg' or "
+                "'text=sentence'; '+' joins negative columns."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
     reward_funcs: list[str] = field(default_factory=lambda: ["grace"], metadata={
         "help": "Reward functions from grace_trl.rewards' registry ('grace', 'think_format')."})
@@ -61,7 +61,7 @@ def short_help(parser: TrlParser) -> str:
 
     def line(name: str) -> str:
         text = " ".join(str(helps.get(name, "")).replace("`", "").split())
-        text = text.split(". ")[0].rstrip(".") + "." if text else ""  # first sentence: one line per option
+        text = first_sentence(text)  # one line per option
         default = defaults.get(name)
         shown = f" (default: {default})" if default not in (None, "", []) and len(str(default)) < 60 else ""
         return f"  --{name:<30} {text}{shown}"
@@ -73,7 +73,7 @@ def short_help(parser: TrlParser) -> str:
         "on the command line overrides the recipe. Every flag is accepted as --name or --name-with-dashes.",
         "",
         "options:",
-        f"  --{'config':<30} YAML recipe (e.g. recipes/smollm2-135m/supervised.yaml).",
+        f"  --{'config':<30} YAML recipe (e.g. recipes/smollm2-135m/sup_cpu.yaml).",
         f"  --{'help-all':<30} Every option (all GRPOConfig, TrainingArguments and ModelConfig fields).",
         "",
         "data:",
@@ -85,10 +85,29 @@ def short_help(parser: TrlParser) -> str:
         "common training options:",
         *[line(name) for name in COMMON_FIELDS],
         "",
-        "Multi-GPU / DeepSpeed: add accelerate launch options, e.g. --accelerate_config zero2 --num_processes 8",
-        "(TRL's configs: zero1, zero2, zero3, multi_gpu; or a config file; FSDP is not supported).",
+        "Multi-GPU / DeepSpeed: add accelerate launch options, e.g. --accelerate_config zero2 --num_processes 8.",
+        f"--accelerate_config takes a config TRL ships ({', '.join(trl_accelerate_configs())}) or a file, e.g.",
+        "recipes/accelerate_configs/zero3_offload.yaml (that folder: ddp, zero2, zero3, zero3_offload,",
+        "multi_node_zero3). FSDP is not supported.",
     ]
     return "\n".join(lines)
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a help text; "e.g." and "i.e." do not end one."""
+    import re
+
+    if not text:
+        return ""
+    return re.split(r"(?<!\be\.g)(?<!\bi\.e)\.\s", text, maxsplit=1)[0].rstrip(".") + "."
+
+
+def trl_accelerate_configs() -> list[str]:
+    """The names ``--accelerate_config`` resolves to TRL's shipped configs (``trl/accelerate_configs/*.yaml``)."""
+    from importlib import resources
+
+    folder = resources.files("trl.accelerate_configs")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def parse_args(argv=None):

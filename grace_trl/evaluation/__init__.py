@@ -1,23 +1,20 @@
-"""MTEB evaluation: the encoder protocol wrapper, offline task copies, reports and ``grace-trl eval``."""
+"""MTEB evaluation: the encoder protocol wrapper, offline task copies, reports and ``grace-trl eval``.
 
-from .tasks import (  # noqa: F401
-    LOCAL_TASKS,
-    LocalBanking77Classification,
-    LocalSciFact,
-    LocalSTSBenchmark,
-    get_local_task,
-    load_banking77,
-    load_scifact,
-    load_sts_benchmark,
-)
+Everything is loaded on first use: the dev-set evaluators that training runs (:mod:`.evaluators`) must not pull
+mteb, polars and their import time into a training process.
+"""
 
-__all__ = ["LOCAL_TASKS", "LocalBanking77Classification", "LocalSciFact", "LocalSTSBenchmark", "get_local_task",
-           "load_banking77", "load_scifact", "load_sts_benchmark", "GRACEMTEBEncoder"]
+_LAZY = {
+    "LOCAL_TASKS": "tasks", "LocalBanking77Classification": "tasks", "LocalSciFact": "tasks",
+    "LocalSTSBenchmark": "tasks", "get_local_task": "tasks", "load_banking77": "loaders", "load_scifact": "loaders",
+    "load_sts_benchmark": "loaders", "GRACEMTEBEncoder": "mteb_wrapper",
+}
+__all__ = list(_LAZY)
 
 
-def __getattr__(name):  # the wrapper imports torch/transformers; load it on first use
-    if name == "GRACEMTEBEncoder":
-        from .mteb_wrapper import GRACEMTEBEncoder
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
 
-        return GRACEMTEBEncoder
-    raise AttributeError(name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

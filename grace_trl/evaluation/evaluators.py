@@ -58,6 +58,8 @@ class STSEvaluator:
     with_rationale: bool = True
     without_rationale: bool = False
     show_progress_bar: bool = False
+    dataset: str = "sentence pairs"  # what the pairs are and which split: the model card names both
+    split: str = "dev"
 
     def __post_init__(self):
         if not self.pairs:
@@ -71,17 +73,18 @@ class STSEvaluator:
     @classmethod
     def from_sample(cls, limit: int | None = None, seed: int = 0, **kwargs) -> "STSEvaluator":
         """The 200 STS-B dev pairs shipped with the package: a dev score on a machine without benchmark data."""
-        from .tasks import read_sts_file
+        from .loaders import read_sts_file
 
         pairs = read_sts_file(STS_DEV_SAMPLE)
         pairs = [pairs[i] for i in _seeded_subset(len(pairs), limit, seed)]
         kwargs.setdefault("name", "sts")
+        kwargs.setdefault("dataset", "STS-B dev sample shipped with grace_trl")
         return cls(pairs=pairs, **kwargs)
 
     @classmethod
     def from_sts_benchmark(cls, data_dir=None, split: str = "dev", limit: int | None = 200, seed: int = 0,
                            **kwargs) -> "STSEvaluator":
-        from .tasks import load_sts_benchmark
+        from .loaders import load_sts_benchmark
 
         if split == "test":
             logger.warning("STSEvaluator on the STS-B *test* split: select recipes on 'dev' and keep test for the "
@@ -89,7 +92,14 @@ class STSEvaluator:
         pairs = load_sts_benchmark(data_dir, split=split)
         pairs = [pairs[i] for i in _seeded_subset(len(pairs), limit, seed)]
         kwargs.setdefault("name", "sts")
+        kwargs.setdefault("dataset", "STSBenchmark")
+        kwargs.setdefault("split", split)
         return cls(pairs=pairs, **kwargs)
+
+    def describe(self) -> dict:
+        """What a score of this evaluator was computed on (dataset, split, sample size), for the model card."""
+        return {"dataset": self.dataset, "split": self.split, "n": len(self.pairs), "unit": "pairs",
+                "task_type": "sentence-similarity", "metric": "cosine_spearman"}
 
     def __call__(self, encoder) -> dict[str, float]:
         from scipy.stats import spearmanr
@@ -130,6 +140,8 @@ class RetrievalEvaluator:
     k: int = 10
     show_progress_bar: bool = False
     info: dict = field(default_factory=dict)
+    dataset: str = "queries"
+    split: str = "train"
 
     def __post_init__(self):
         if not self.queries or not self.corpus:
@@ -145,14 +157,21 @@ class RetrievalEvaluator:
     def from_scifact(cls, data_dir=None, split: str = "train", limit: int | None = 50,
                      n_distractors: int | None = None, seed: int = 0, **kwargs) -> "RetrievalEvaluator":
         """SciFact queries of ``split`` (default ``train``: SciFact has no dev split) with their documents."""
-        from .tasks import load_scifact, reduce_retrieval
+        from .loaders import load_scifact, reduce_retrieval
 
         data = load_scifact(data_dir, split=split)
         if limit is not None:
             data = reduce_retrieval(data, limit, n_distractors, seed=seed)
         corpus = {d: (v["title"] + " " + v["text"]).strip() for d, v in data.corpus.items()}
         kwargs.setdefault("name", "retrieval")
+        kwargs.setdefault("dataset", "SciFact")
+        kwargs.setdefault("split", split)
         return cls(queries=dict(data.queries), corpus=corpus, qrels=dict(data.qrels), info=dict(data.info), **kwargs)
+
+    def describe(self) -> dict:
+        """What a score of this evaluator was computed on (dataset, split, sample size), for the model card."""
+        return {"dataset": self.dataset, "split": self.split, "n": len(self.queries), "unit": "queries",
+                "task_type": "text-retrieval", "metric": f"ndcg_at_{self.k}"}
 
     def __call__(self, encoder) -> dict[str, float]:
         import pytrec_eval

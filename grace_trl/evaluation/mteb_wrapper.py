@@ -130,6 +130,30 @@ def _weights_digest(folder: str) -> str:
     return digest.hexdigest()[:12]
 
 
+def _local_model_facts(folder: str) -> dict:
+    """``n_parameters``, ``embed_dim`` and ``max_tokens`` of a local checkpoint, read from ``config.json`` and the
+    safetensors headers without loading any weights; empty for a folder without them (a LoRA adapter)."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return {}
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    from ..checks import context_length
+
+    config = AutoConfig.from_pretrained(folder)
+    text_config = getattr(config, "text_config", None) or config
+    facts = {"embed_dim": getattr(text_config, "hidden_size", None), "max_tokens": context_length(config)}
+    shards = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+    if shards:
+        n_params = 0
+        for shard in shards:
+            with safe_open(os.path.join(folder, shard), framework="np") as f:
+                for key in f.keys():
+                    n_params += int(np.prod(f.get_slice(key).get_shape()))
+        facts["n_parameters"] = n_params
+    return facts
+
+
 def load_grace_mteb_model(name: str, revision: str | None = None, *, model_path: str | None = None,
                           rationale: bool = True, max_new_tokens: int | None = None, task_instructions: bool = False,
                           device: str | None = None, **encoder_kwargs) -> GRACEMTEBEncoder:
@@ -170,6 +194,8 @@ def grace_model_meta(name_or_path: str, *, use_rationale: bool = True, max_new_t
     experiment = {"rationale": use_rationale}
     if use_rationale:
         experiment["max_new_tokens"] = int(max_new_tokens)
+    facts = _local_model_facts(path) if local else {}
+    max_tokens = facts.get("max_tokens")
     return ModelMeta(
         loader=load_grace_mteb_model,
         loader_kwargs={"model_path": path, **encoder_kwargs},
@@ -177,13 +203,13 @@ def grace_model_meta(name_or_path: str, *, use_rationale: bool = True, max_new_t
         revision=revision or (_weights_digest(path) if local else None),
         release_date=None,
         languages=None,
-        n_parameters=None,
+        n_parameters=facts.get("n_parameters"),
         memory_usage_mb=None,
-        max_tokens=None,
-        embed_dim=None,
+        max_tokens=float(max_tokens) if max_tokens else None,
+        embed_dim=facts.get("embed_dim"),
         license=None,
         open_weights=True,
-        public_training_code="https://pypi.org/project/grace-trl/",
+        public_training_code=None,
         public_training_data=None,
         framework=["PyTorch"],
         reference="https://arxiv.org/abs/2510.04506",
@@ -208,6 +234,14 @@ def with_embedding_cache(model: GRACEMTEBEncoder, cache_dir: str | os.PathLike):
     from pathlib import Path
 
     from mteb.models.cache_wrappers import CachedEmbeddingWrapper
+    from mteb.models.cache_wrappers.cache_backends.numpy_cache import NumpyCache
+
+    class SmallNumpyCache(NumpyCache):
+        """mteb's vector file starts at 100,000 rows (230 MB for SmolLM2's 576 dimensions, even for 3 pairs); it
+        doubles when full, so start small."""
+
+        def __init__(self, directory, initial_vectors: int = 1024):
+            super().__init__(directory, initial_vectors=initial_vectors)
 
     meta = model.mteb_model_meta
     settings = {**dataclasses.asdict(model.encoder.settings), "backend": model.encoder.backend_name}
@@ -215,4 +249,4 @@ def with_embedding_cache(model: GRACEMTEBEncoder, cache_dir: str | os.PathLike):
         settings["system_prompt"] = model.system_prompt
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = Path(cache_dir) / meta.model_name_as_path() / (meta.revision or "no_revision") / f"settings_{digest}"
-    return CachedEmbeddingWrapper(model, path)
+    return CachedEmbeddingWrapper(model, path, cache_backend=SmallNumpyCache)

@@ -58,6 +58,22 @@ def category_scores(results: dict) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def category_columns(results: dict) -> list[str]:
+    """The category columns, plus "Avg" only when it averages more than one category (else it repeats it)."""
+    cats = categories(results)
+    return cats + ["Avg"] if len(cats) > 1 else cats
+
+
+def reduction_text(task: dict) -> str:
+    """``pairs=200, full_pairs=1,379, seed=42`` for a reduced task's settings, readable in every report."""
+    return ", ".join(f"{k}={v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k}={v}"
+                     for k, v in (task.get("reduction") or {}).items())
+
+
+def has_intervals(results: dict) -> bool:
+    return any(_interval(t, m["label"]) for t in results["tasks"] for m in results["models"])
+
+
 def categories(results: dict) -> list[str]:
     types = {t["type"] for t in results["tasks"]}
     return [c for c in CATEGORY_ORDER if c in types] + sorted(types - set(CATEGORY_ORDER))
@@ -75,21 +91,21 @@ def markdown_tables(results: dict) -> str:
             ci = _interval(t, label)
             cells.append(_fmt(t["scores"].get(label)) + (f" ({ci})" if ci else ""))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if any(t.get("intervals") for t in results["tasks"]):
+    if has_intervals(results):
         lines += ["", "In brackets: " + INTERVAL_NOTE]
-    cats = categories(results)
+    cats = category_columns(results)
     cat = category_scores(results)
     lines += ["", "### Scores per category (mean of tasks; Avg = mean of categories)", ""]
-    lines.append("| model | " + " | ".join(cats) + " | Avg |")
-    lines.append("|---" * (len(cats) + 2) + "|")
+    lines.append("| model | " + " | ".join(cats) + " |")
+    lines.append("|---" * (len(cats) + 1) + "|")
     for label in labels:
         cells = " | ".join(_fmt(cat[label][c]) for c in cats)
-        lines.append(f"| {label} | {cells} | {_fmt(cat[label]['Avg'])} |")
+        lines.append(f"| {label} | {cells} |")
     reduced = [t for t in results["tasks"] if t.get("reduced")]
     if reduced:
         lines += ["", "\\* reduced run (`--limit`), NOT comparable with the MTEB leaderboard:"]
         for t in reduced:
-            lines.append(f"- {t['name']}: " + ", ".join(f"{k}={v}" for k, v in t["reduction"].items()))
+            lines.append(f"- {t['name']}: {reduction_text(t)}")
     lines += ["", "Models:"]
     if results.get("system_prompt_override") is not None or any(
             m["settings"].get("system_prompt") == "override" for m in results["models"]):
@@ -144,7 +160,7 @@ def text_table(results: dict) -> str:
     out.append("model".ljust(width) + "".join(c.rjust(colw) for c in cols))
     for label in labels:
         out.append(label.ljust(width) + "".join(_fmt(t["scores"].get(label)).rjust(colw) for t in results["tasks"]))
-    cats = categories(results) + ["Avg"]
+    cats = category_columns(results)
     cat = category_scores(results)
     catw = max([len(c) for c in cats] + [8]) + 2
     out.append("")
@@ -162,7 +178,7 @@ def bar_plot(results: dict):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    cats = categories(results) + ["Avg"]
+    cats = category_columns(results)
     cat = category_scores(results)
     labels = [m["label"] for m in results["models"]]
     x = np.arange(len(cats))
@@ -221,9 +237,11 @@ def html_report(results: dict, png: bytes | None) -> str:
             cells.append(f"<td class='num'>{_fmt(t['scores'].get(label))}{ci_html}</td>")
         parts.append(f"<tr><td>{e(label)}</td>{''.join(cells)}</tr>")
     parts.append("</table>")
-    if any(t.get("intervals") for t in results["tasks"]):
+    if has_intervals(results):
         parts.append(f"<p><small>Under each score: its {e(INTERVAL_NOTE)}</small></p>")
-    cats = categories(results) + ["Avg"]
+    elif any(t.get("intervals") is not None for t in results["tasks"]):
+        parts.append("<p><small>No 95% interval: too few items for the bootstrap to vary the score.</small></p>")
+    cats = category_columns(results)
     cat = category_scores(results)
     header = "".join(f"<th>{e(c)}</th>" for c in cats)
     parts.append(f"<h2>Per category</h2><table><tr><th>model</th>{header}</tr>")
@@ -236,7 +254,7 @@ def html_report(results: dict, png: bytes | None) -> str:
         parts.append(f"<p><img alt='category scores' src='data:image/png;base64,{data}'></p>")
     for t in results["tasks"]:
         if t.get("reduced"):
-            parts.append(f"<p><small>{e(t['name'])} reduction: {e(json.dumps(t['reduction']))}</small></p>")
+            parts.append(f"<p><small>{e(t['name'])} reduction: {e(reduction_text(t))}</small></p>")
     keys = list(dict.fromkeys(k for m in results["models"] for k in m["settings"]))
     parts.append("<h2>Models</h2><table><tr><th>model</th><th>path</th>" +
                  "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>")

@@ -34,7 +34,10 @@ class ModelRun:
 
 
 def is_sentence_transformer(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "modules.json"))
+    """A plain sentence-transformers folder (the CL baseline). A GRACE checkpoint also has ``modules.json`` (its
+    no-rationale module) but is recognised by ``grace_config.json`` and evaluated through ``GRACEEncoder``."""
+    return (os.path.isfile(os.path.join(path, "modules.json"))
+            and not os.path.isfile(os.path.join(path, "grace_config.json")))
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
@@ -184,8 +187,10 @@ def run_evaluation(args) -> dict:
             if run.use_rationale:
                 run.settings["max_new_tokens"] = grace_model.max_new_tokens
         predictions = out / "predictions" / hashlib.sha256(run.label.encode()).hexdigest()[:12]
+        # one progress bar per encode call (the encoder's); mteb's task bar around it would nest bars
         result = mteb.evaluate(evaluated, task_objs, cache=result_cache, overwrite_strategy="always",
-                               encode_kwargs=dict(encode_kwargs), prediction_folder=predictions)
+                               encode_kwargs=dict(encode_kwargs), prediction_folder=predictions,
+                               show_progress_bar=False)
         for task, tr in zip(task_objs, result.task_results):
             info = tasks_info.setdefault(tr.task_name, {
                 "name": tr.task_name, "type": task.metadata.type, "main_score": task.metadata.main_score,
