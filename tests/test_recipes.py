@@ -25,7 +25,10 @@ def _is_grace_recipe(path: Path) -> bool:
 
 ALL_YAML = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
 RECIPES = [p for p in ALL_YAML if _is_grace_recipe(p)]
-GPU_RECIPES = [p for p in RECIPES if (yaml.safe_load(p.read_text()) or {}).get("bf16")]
+# the paper's multi-GPU recipes; recipes/smollm2-135m/ holds the embedded model's CPU and single-GPU recipes
+GPU_RECIPES = [p for p in RECIPES
+               if (yaml.safe_load(p.read_text()) or {}).get("bf16") and "smollm2-135m" not in p.parts]
+SMOLLM2 = REPO / "recipes" / "smollm2-135m"
 ACCELERATE_CONFIGS = sorted((REPO / "recipes" / "accelerate_configs").glob("*.yaml"))
 PAPER_MODELS = {
     "Qwen/Qwen2.5-1.5B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "Qwen/Qwen2.5-3B-Instruct",
@@ -50,6 +53,29 @@ def test_every_recipe_names_its_entry_point():
         named = _is_grace_recipe(p) or "grace-trl train-cl" in comments or "python -m grace_trl." in comments
         assert named, f"{_rel(p)} names no command to run it"
     assert len(RECIPES) >= 13
+
+
+@pytest.mark.parametrize("name", ["sup_cpu.yaml", "sup_gpu.yaml"])
+def test_default_recipes_are_pure_grace_on_the_committed_triples_with_dev_and_generation_checks(name):
+    from grace_trl.commands.train import parse_args
+    from grace_trl.data import SAMPLE_DATASETS
+
+    script, t, _ = parse_args(["--config", str(SMOLLM2 / name), "--use_cpu", "true"])
+    assert t.contrastive_weight == 0.0 and t.beta == 0.0  # the paper's method: no InfoNCE term
+    assert script.dataset_name == "snli-triples" and script.dataset_name in SAMPLE_DATASETS
+    assert t.embedding_evaluator and t.eval_on_start and 0 < t.max_train_minutes <= (45 if "cpu" in name else 10)
+    rollouts_per_update = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    assert rollouts_per_update % t.num_generations == 0
+    assert t.steps_per_generation // t.gradient_accumulation_steps == 4  # the reference's 4 updates per generation
+    if "cpu" in name:
+        assert t.generation_check and rollouts_per_update == 16 and t.per_device_train_batch_size <= 8  # RSS
+    else:
+        assert t.bf16 and rollouts_per_update == 128 and t.num_generations == 8
+
+
+def test_hybrid_recipe_keeps_the_infonce_term_and_says_what_it_costs():
+    text = (SMOLLM2 / "hybrid_cpu.yaml").read_text()
+    assert yaml.safe_load(text)["contrastive_weight"] > 0 and "costs generation" in text.replace("\n# ", " ")
 
 
 def test_recipes_exist_for_every_paper_backbone():

@@ -4,20 +4,10 @@ import json
 import os
 
 import pytest
-from datasets import Dataset
+from test_trainer_learning import EOS_BIAS, rows
 
 from grace_trl import GRACEConfig
 from grace_trl.trainer import GRACETrainer
-
-EOS_BIAS = {"sequence_bias": {(2,): 9.0}}
-
-
-def rows(n=8):
-    return Dataset.from_dict({
-        "query": [f"query number {i} about cats" for i in range(n)],
-        "positive": [f"positive document {i} : a cat sleeps on the sofa" for i in range(n)],
-        "negatives": [[f"negative {i} : the stock market fell"] for i in range(n)],
-    })
 
 
 def config(out, **kw):
