@@ -155,7 +155,7 @@ def test_eval_on_start_puts_the_untrained_score_first_in_the_curves(tmp_path, ti
         card = f.read()
     v0, v1 = evals[0]["eval_sts_spearman"], evals[-1]["eval_sts_spearman"]
     row = next(line for line in card.splitlines() if line.startswith("| dev eval"))
-    assert "spearman" in row and f"| {v0:.2f} (step 0) → {v1:.2f} (step 1) |" in row
+    assert "spearman" in row and f"| {v0:.2f} (step 0) → {v1:.2f} (step 1); " in row and "n = 4 pairs" in row
 
 
 def test_embedding_evaluator_logs_dev_scores_curves_and_best_model(tmp_path, tiny_model_path, shared_data):

@@ -103,11 +103,13 @@ def first_sentence(text: str) -> str:
 
 
 def trl_accelerate_configs() -> list[str]:
-    """The names ``--accelerate_config`` resolves to TRL's shipped configs (``trl/accelerate_configs/*.yaml``)."""
+    """The names ``--accelerate_config`` resolves to TRL's shipped configs (``trl/accelerate_configs/*.yaml``),
+    less the FSDP ones, which GRACEConfig refuses."""
     from importlib import resources
 
     folder = resources.files("trl.accelerate_configs")
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
+                  if p.name.endswith(".yaml") and "fsdp" not in p.name)
 
 
 def parse_args(argv=None):
