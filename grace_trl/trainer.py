@@ -761,13 +761,14 @@ class GRACETrainer(GRPOTrainer):
             return
         t = dict(self._grace_timing)
         gen, gen_score, ev = t["generation_seconds"], t["generation_and_scoring_seconds"], t["evaluation_seconds"]
+        parts = {"generation": gen, "scoring": gen_score - gen, "evaluation": ev, "training": seconds - gen_score - ev}
         report = {
             "run_seconds": round(seconds, 1), "rollouts": t["rollouts"],
             "rollouts_per_minute": round(60 * t["rollouts"] / seconds, 2) if seconds > 0 else None,
-            "seconds": {"generation": round(gen, 1), "scoring": round(gen_score - gen, 1),
-                        "evaluation": round(ev, 1), "training": round(seconds - gen_score - ev, 1)},
+            "seconds": {k: round(v, 1) for k, v in parts.items()},
+            # from the unrounded seconds, so the shares add up to 1 even for a run of a few seconds
+            "share": {k: round(v / seconds, 3) for k, v in parts.items()} if seconds > 0 else {},
         }
-        report["share"] = {k: round(v / seconds, 3) for k, v in report["seconds"].items()} if seconds > 0 else {}
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, "timing.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
