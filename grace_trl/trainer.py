@@ -747,8 +747,10 @@ class GRACETrainer(GRPOTrainer):
             result["kept"] = generation_kept(result)
             result["reference"] = {k: reference[k] for k in ("perplexity", "n_correct", "n_questions")}
             self.generation_check_result = result
+            from .files import atomic_write
+
             os.makedirs(self.args.output_dir, exist_ok=True)
-            with open(os.path.join(self.args.output_dir, "generation_check.json"), "w", encoding="utf-8") as f:
+            with atomic_write(os.path.join(self.args.output_dir, "generation_check.json")) as f:
                 json.dump(result, f, ensure_ascii=False, indent=1)
             logger.info("generation check: %s (%s)", summary_line("trained", result),
                         "kept" if result["kept"] else "NOT kept: see generation_check.json")
@@ -769,8 +771,10 @@ class GRACETrainer(GRPOTrainer):
             # from the unrounded seconds, so the shares add up to 1 even for a run of a few seconds
             "share": {k: round(v / seconds, 3) for k, v in parts.items()} if seconds > 0 else {},
         }
+        from .files import atomic_write
+
         os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, "timing.json"), "w", encoding="utf-8") as f:
+        with atomic_write(os.path.join(self.args.output_dir, "timing.json")) as f:
             json.dump(report, f, indent=1)
         logger.info("time: %s of %.0f s; %.1f rollouts per minute",
                     ", ".join(f"{k} {100 * v:.0f}%" for k, v in report["share"].items()), seconds,
