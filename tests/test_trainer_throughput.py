@@ -56,7 +56,6 @@ def test_the_untrained_policy_is_evaluated_from_the_cache_on_a_second_run(tmp_pa
     # step 0 read back: the same score, nothing new written; the trained policy (step 1) is never cached
     assert second[0]["eval_sts_spearman"] == pytest.approx(first[0]["eval_sts_spearman"])
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == entries
-    assert second[0]["eval_sts_runtime"] < first[0]["eval_sts_runtime"]
 
 
 def test_eval_cache_can_be_switched_off(tmp_path, tiny_model_path):
