@@ -40,6 +40,11 @@ CONFIGS: dict[str, dict] = {
     "cl_lr2e5_e1_b16_all": ALL,
     "cl_lr5e5_e1_b64_all": {**ALL, "learning_rate": 5e-5, "per_device_train_batch_size": 64},
     "cl_lr1e5_e1_b64_all": {**ALL, "learning_rate": 1e-5, "per_device_train_batch_size": 64},
+    # learning-rate sweep at the size of the pure-GRACE search row (a few minutes each), then more data
+    "cl_lr1e4_e1_b16_300": {"learning_rate": 1e-4},
+    "cl_lr2e4_e1_b16_300": {"learning_rate": 2e-4},
+    "cl_lr1e4_e1_b16_1000": {**ALL, "max_samples": 1000, "learning_rate": 1e-4},
+    "cl_lr5e5_e1_b16_1000": {**ALL, "max_samples": 1000, "learning_rate": 5e-5},
 }
 FIELDS = ["name", "overrides", "train_minutes", "dev_pairs", "dev_spearman_no_rationale", "gen_right",
           "gen_regressions", "perplexity", "perplexity_change", "generation_kept", "finished_utc"]

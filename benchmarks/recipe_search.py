@@ -56,6 +56,11 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "spg4_lr2e5_cl1_noRL": ("hybrid_cpu.yaml", {**RL_ONLY, "contrastive_weight": 1.0, "tau": 1e6,
                                                 "truncation_penalty": 0.0}),
     "hybrid": ("hybrid_cpu.yaml", {}),
+    # the README table's hybrid and InfoNCE-only rows, step-bounded (16 updates of 8, as the hybrid's STS-B row)
+    # so a busy machine changes their wall clock, not the model: run with --minutes 1000
+    "hybrid_16": ("hybrid_cpu.yaml", {"max_steps": 16}),
+    "infonce_only_16": ("hybrid_cpu.yaml", {"max_steps": 16, "tau": 1e6, "truncation_penalty": 0.0}),
+    "pure_beta_33": ("sup_cpu.yaml", {"max_steps": 33, "beta": 0.04}),
     # pure GRACE (sup_cpu.yaml: 6,337 triples, G=4, 16 rollouts per update in 2 micro-batches of 8, 4 updates per
     # 64-rollout generation). pure_b16 ran as one micro-batch of 16 (the same updates, more memory).
     "pure_b16": ("sup_cpu.yaml", {}),

@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grace", required=True)
     p.add_argument("--base", default="smollm2-135m")
+    p.add_argument("--settings", default=None,
+                   help="recipe YAML or GRACE checkpoint whose prompt and rationale length every row uses "
+                        "(default: --grace's own); lets a non-GRACE model such as the CL baseline be scored")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--cache-dir", default=str(ROOT / "outputs" / "rationale_cache"))
@@ -60,20 +63,23 @@ def main(argv=None) -> int:
                    help="per-pair cosines of each (model, prompt, length, rationale) row, reused by later reports "
                         "(the base model's rows are the same for every checkpoint trained under one prompt)")
     p.add_argument("--base-only", action="store_true", help="embed the base model's rows only (fills the cache)")
+    p.add_argument("--no-rationale-only", action="store_true",
+                   help="score --grace without rationale only (a model trained as a plain encoder, e.g. CL)")
     p.add_argument("--grace-only", action="store_true",
                    help="embed the checkpoint's rows only (fills the cache; run beside --base-only)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "sts_test.json"))
     args = p.parse_args(argv)
 
-    if args.grace.endswith((".yaml", ".yml")):  # a recipe: its prompt and rationale length (with --base-only)
+    source = args.settings or args.grace
+    if source.endswith((".yaml", ".yml")):  # a recipe: its prompt and rationale length
         import yaml
 
-        recipe = yaml.safe_load(Path(args.grace).read_text())
+        recipe = yaml.safe_load(Path(source).read_text())
         settings = GRACESettings(system_prompt=recipe["system_prompt"], max_new_tokens=recipe["max_completion_length"])
     else:
-        settings = GRACESettings.load(args.grace)
+        settings = GRACESettings.load(source)
     if settings is None:
-        raise SystemExit(f"{args.grace}: no grace_config.json (not a GRACE checkpoint)")
+        raise SystemExit(f"{source}: no grace_config.json (not a GRACE checkpoint); name a recipe with --settings")
     pairs = load_sts_benchmark(args.data_dir, split="test")
     if args.limit:
         pairs = pairs[: args.limit]
@@ -87,7 +93,7 @@ def main(argv=None) -> int:
     if args.base_only or args.grace_only:
         models = models[:1] if args.base_only else models[1:]
     for label, path in models:
-        for use_rationale in (False, True):
+        for use_rationale in ((False,) if label == "grace" and args.no_rationale_only else (False, True)):
             key = f"{label}, {'rationale' if use_rationale else 'no rationale'}"
             ident = json.dumps([os.path.abspath(path) if os.path.isdir(path) else path, _weights_stamp(path),
                                 settings.system_prompt, settings.max_new_tokens, use_rationale, pairs])
@@ -123,8 +129,9 @@ def main(argv=None) -> int:
         return {"a": a, "b": b, "difference": point, "ci95": [res.confidence_interval.low,
                                                               res.confidence_interval.high]}
 
-    comparisons = [diff("grace, rationale", "base, rationale"), diff("grace, rationale", "base, no rationale"),
-                   diff("grace, no rationale", "base, no rationale")]
+    wanted = [("grace, rationale", "base, rationale"), ("grace, rationale", "base, no rationale"),
+              ("grace, no rationale", "base, no rationale"), ("grace, no rationale", "base, rationale")]
+    comparisons = [diff(a, b) for a, b in wanted if a in cos and b in cos][:3]
     for c in comparisons:
         print(f"{c['a']} - {c['b']}: {c['difference']:+.2f} [95% {c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]")
     out = {"pairs": len(pairs), "sentences": len(sentences), "system_prompt": settings.system_prompt,

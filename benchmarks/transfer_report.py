@@ -19,8 +19,10 @@ Intervals: ``scipy.stats.bootstrap(paired=True)`` over queries / test examples o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +32,9 @@ import numpy as np
 from scipy.stats import bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from sts_test_report import _weights_stamp  # noqa: E402  (a retrained checkpoint in the same folder is another row)
 
 
 def encode(path: str, texts: list[str], use_rationale: bool, settings, cache_dir: str, batch_size: int):
@@ -93,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--cache-dir", default=str(ROOT / "outputs" / "rationale_cache"))
     p.add_argument("--resamples", type=int, default=5000)
+    p.add_argument("--rows-cache", default=str(ROOT / "outputs" / "transfer_rows"),
+                   help="per-row scores by model, prompt, length and texts, so a base row is embedded once")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "transfer.json"))
     args = p.parse_args(argv)
 
@@ -126,6 +133,16 @@ def main(argv=None) -> int:
     for label, path in (("base", args.base), ("grace", args.grace)):
         for use_rationale in (False, True):
             key = f"{label}, {'rationale' if use_rationale else 'no rationale'}"
+            ident = json.dumps([os.path.abspath(path) if os.path.isdir(path) else path, _weights_stamp(path),
+                                settings.system_prompt, settings.max_new_tokens, use_rationale, texts,
+                                [y for _, y in train], [y for _, y in test]])
+            cached = Path(args.rows_cache) / (hashlib.sha256(ident.encode()).hexdigest()[:24] + ".json")
+            if cached.exists():
+                entry = json.loads(cached.read_text())
+                per_item[key] = (np.array(entry["scifact"]), np.array(entry["banking77"]))
+                rows[key] = entry["row"]
+                print(key, "(cached)", json.dumps(rows[key]), flush=True)
+                continue
             start = time.time()
             vecs, stats = encode(path, texts, use_rationale, settings, args.cache_dir, args.batch_size)
             sci_q = scifact_scores(vecs[:n_sci], index, sci)
@@ -134,6 +151,9 @@ def main(argv=None) -> int:
             rows[key] = {"scifact_ndcg@10": float(np.mean(per_item[key][0])),
                          "banking77_accuracy": 100 * float(np.mean(correct)), **stats,
                          "seconds": round(time.time() - start, 1)}
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps({"scifact": per_item[key][0].tolist(),
+                                          "banking77": per_item[key][1].tolist(), "row": rows[key]}))
             print(key, json.dumps(rows[key]), flush=True)
 
     comparisons = []
