@@ -56,6 +56,10 @@ from .prompts import PromptEncoder
 from .rewards import GRACEReward, RolloutEmbeddings, build_reward_funcs
 
 logger = logging.getLogger(__name__)
+
+# transformers 5.23 deprecations raised inside TRL 1.16's generation context (see GRACETrainer.train)
+TRL_CHECKPOINTING_DEPRECATIONS = r"`(is_gradient_checkpointing|gradient_checkpointing_(enable|disable))` is deprecated"
+
 SAMPLES_FILE = "rationale_samples.jsonl"
 RUN_FILE = "grace_run.json"  # what a resumed run must share with its checkpoint (see checks.check_resumed_run)
 # Optimisation settings recorded in RUN_FILE: changing one on resume is allowed, with a warning.
@@ -687,10 +691,10 @@ class GRACETrainer(GRPOTrainer):
             reference = self._reference_generation_check() if self.args.generation_check else None
             start = time.perf_counter()
             with warnings.catch_warnings():
-                # TRL 1.16 (pinned) reads transformers' deprecated `is_gradient_checkpointing` at every generation
-                # and embedding pass: one FutureWarning per step that no GRACE user can act on
-                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                        category=FutureWarning)
+                # TRL 1.16 (pinned) calls transformers' deprecated `is_gradient_checkpointing` and
+                # `gradient_checkpointing_disable/_enable` around every generation and embedding pass: FutureWarnings
+                # that no GRACE user can act on (the recipes already use the new `activation_checkpointing` key)
+                warnings.filterwarnings("ignore", message=TRL_CHECKPOINTING_DEPRECATIONS, category=FutureWarning)
                 result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
                                        ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
             self._write_timing(time.perf_counter() - start)
