@@ -121,3 +121,54 @@ def test_eval_report_lists_regressions_against_the_first_model(tiny_model_path, 
     assert generation_row("base", base).startswith("| base | ") and "(reference)" in generation_row("base", base)
     row = generation_row("changed", other)
     assert f"{100 * other['perplexity_change']:+.1f}%" in row and row.endswith(("| yes |", "| no |"))
+
+
+def _first_answer_token(model, tok, question: str) -> int:
+    import torch
+
+    prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                     tokenize=True, return_dict=True)["input_ids"]
+    with torch.no_grad():
+        return int(model(torch.tensor([prompt])).logits[0, -1].argmax())
+
+
+def test_answers_end_at_every_eos_id_of_the_generation_config(tiny_model_path):
+    """A chat model may end its turn with any of a list of ids (Llama 3); the check must stop at each of them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grace_trl.evaluation.generation_check import greedy_answers
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    question = QUESTIONS[0][0]
+    first = _first_answer_token(model, tok, question)
+    assert first != tok.eos_token_id
+    generated = []
+    generate = model.generate
+
+    def counting(**kwargs):
+        out = generate(**kwargs)
+        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    model.generate = counting
+    greedy_answers(model, tok, [question], max_new_tokens=6)
+    assert generated == [6]  # the random model never writes its tokenizer's EOS
+    model.generation_config.eos_token_id = [tok.eos_token_id, first]
+    greedy_answers(model, tok, [question], max_new_tokens=6)
+    assert generated == [6, 1]  # its first token is one of the config's EOS ids: the answer ends there
+
+
+def test_answer_token_ids_prefer_the_generation_config_and_fall_back_to_the_tokenizer():
+    from types import SimpleNamespace
+
+    from grace_trl.evaluation.generation_check import answer_token_ids
+
+    tok = SimpleNamespace(eos_token_id=2, pad_token_id=7)
+    listed = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[5, 6, 5], pad_token_id=4))
+    assert answer_token_ids(listed, tok) == ([5, 6], 4)
+    bare = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None, pad_token_id=None))
+    assert answer_token_ids(bare, tok) == ([2], 7)
+    assert answer_token_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=2, pad_token_id=None)) == ([2], 2)
+    with pytest.raises(ValueError, match="EOS"):
+        answer_token_ids(bare, SimpleNamespace(eos_token_id=None, pad_token_id=None))

@@ -101,6 +101,8 @@ QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("What do you call a baby dog?", ("puppy",)),
 ]
 
+MAX_NEW_TOKENS = 48  # answer length; the questions want one word
+
 # The acceptance rule used to choose recipes (README "Measured on the CPU default").
 MAX_REGRESSION_RATE = 0.05  # at most 5% of the questions the reference answers right may be lost
 MAX_PERPLEXITY_INCREASE = 0.02  # perplexity at most 2% above the reference's
@@ -137,8 +139,27 @@ def perplexity(model, tokenizer, texts: list[str] = HELD_OUT_TEXT) -> float:
     return math.exp(total_nll / total_tokens)
 
 
+def answer_token_ids(model, tokenizer) -> tuple[list[int], int]:
+    """The ids that end a chat answer and the pad id, as the model's ``generation_config`` sets them.
+
+    A chat model may end a turn with any of several tokens (Llama 3: ``<|eot_id|>`` and ``<|end_of_text|>``), so
+    ``eos_token_id`` may be a list; the tokenizer's EOS and pad ids are used only where the config has none.
+    """
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    eos_ids = [int(eos)] if isinstance(eos, int) else [int(e) for e in (eos or [])]
+    if not eos_ids and tokenizer.eos_token_id is not None:
+        eos_ids = [int(tokenizer.eos_token_id)]
+    if not eos_ids:
+        raise ValueError("neither the model's generation_config nor the tokenizer defines an EOS token")
+    pad = getattr(config, "pad_token_id", None)
+    if pad is None:
+        pad = tokenizer.pad_token_id
+    return list(dict.fromkeys(eos_ids)), int(eos_ids[0] if pad is None else pad)
+
+
 @torch.no_grad()
-def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
+def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS,
                    batch_size: int = 64) -> list[str]:
     """Greedy chat answers (default chat template, no system prompt), left-padded batches in a fixed order.
 
@@ -148,8 +169,7 @@ def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int =
     from ..generation import generate_left_padded
 
     device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos, pad = answer_token_ids(model, tokenizer)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"] for q in questions]
     was_training = model.training
@@ -157,7 +177,7 @@ def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int =
     answers = []
     try:
         for b in range(0, len(prompts), batch_size):
-            out = generate_left_padded(model, prompts[b:b + batch_size], pad, [eos], device=device,
+            out = generate_left_padded(model, prompts[b:b + batch_size], pad, eos, device=device,
                                        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                                        eos_token_id=eos)
             answers += [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
@@ -167,7 +187,7 @@ def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int =
     return answers
 
 
-def generation_check(model, tokenizer, text_file: str | None = None, max_new_tokens: int = 48,
+def generation_check(model, tokenizer, text_file: str | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
                      questions: list[tuple[str, tuple[str, ...]]] | None = None,
                      reference: dict | None = None) -> dict:
     """Perplexity, greedy answers scored against known answers, and (given a ``reference`` result of the
