@@ -780,26 +780,9 @@ class GRACETrainer(GRPOTrainer):
         model = self._generation_check_model()
         if not self.accelerator.is_main_process:
             return None
-        from .aliases import cache_dir
-        from .cache import model_fingerprint
-        from .evaluation.generation_check import QUESTIONS, generation_check
+        from .evaluation.generation_check import reference_generation_check
 
-        key = model_fingerprint(model, self.grace_tokenizer)[:32]
-        path = cache_dir() / "generation_check" / f"{key}.json"
-        questions = [q for q, _ in QUESTIONS]
-        if path.exists():
-            cached = json.loads(path.read_text(encoding="utf-8"))
-            if [a["question"] for a in cached.get("answers", [])] == questions:
-                logger.info("generation check of the starting model: read from %s", path)
-                return cached
-        logger.info("generation check of the starting model (60 questions + perplexity, ~1 min on 2 CPU cores)")
-        result = generation_check(model, self.grace_tokenizer)
-        from .files import atomic_write
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as f:
-            f.write(json.dumps(result, ensure_ascii=False, indent=1))
-        return result
+        return reference_generation_check(model, self.grace_tokenizer)
 
     def _final_generation_check(self, reference: dict | None) -> None:
         model = self._generation_check_model()

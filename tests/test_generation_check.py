@@ -1,5 +1,7 @@
 """The generation check scores answers automatically and reports regressions against a reference model."""
 
+import json
+
 import pytest
 
 from grace_trl.evaluation.generation_check import (
@@ -172,3 +174,49 @@ def test_answer_token_ids_prefer_the_generation_config_and_fall_back_to_the_toke
     assert answer_token_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=2, pad_token_id=None)) == ([2], 2)
     with pytest.raises(ValueError, match="EOS"):
         answer_token_ids(bare, SimpleNamespace(eos_token_id=None, pad_token_id=None))
+
+
+def test_one_reference_cache_keyed_by_the_weights_serves_trainer_and_benchmarks(tiny_model_path, tmp_path,
+                                                                                monkeypatch):
+    """The base model is checked once whoever asks first: the cache file is named by the weights' fingerprint."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import grace_trl.evaluation.generation_check as gc
+
+    monkeypatch.setenv("GRACE_TRL_CACHE", str(tmp_path / "cache"))
+    runs = []
+    real = gc.generation_check
+    monkeypatch.setattr(gc, "generation_check", lambda *a, **kw: runs.append(1) or real(*a, **kw))
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    first = gc.reference_generation_check(model, tok)
+    files = list((tmp_path / "cache" / "generation_check").glob("*.json"))
+    assert runs == [1] and len(files) == 1 and files[0].stem == gc.reference_key(model, tok)
+    # the same weights in another folder, through the benchmark script: read back, and written as its report
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_model_path, moved)
+    spec = importlib.util.spec_from_file_location(
+        "generation_report", Path(__file__).resolve().parents[1] / "benchmarks" / "generation_report.py")
+    report_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_module)
+    base = report_module.reference_result(str(moved), report=tmp_path / "generation_base.json")
+    assert runs == [1] and base["perplexity"] == first["perplexity"] and base["model"] == str(moved)
+    assert json.loads((tmp_path / "generation_base.json").read_text())["n_correct"] == first["n_correct"]
+    # another EOS set or other weights are another reference; refresh and an unreadable file recompute
+    model.generation_config.eos_token_id = [tok.eos_token_id, 5]
+    other_key = gc.reference_key(model, tok)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    assert gc.reference_key(model, tok) not in (files[0].stem, other_key)
+    gc.reference_generation_check(model, tok)
+    assert runs == [1, 1]
+    gc.reference_generation_check(model, tok, refresh=True)
+    assert runs == [1, 1, 1]
+    files[0].write_text("{not json")
+    again = gc.reference_generation_check(AutoModelForCausalLM.from_pretrained(tiny_model_path), tok)
+    assert runs == [1, 1, 1, 1] and again["answers"] == first["answers"]

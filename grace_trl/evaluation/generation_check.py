@@ -10,11 +10,15 @@ the project's acceptance rule to them.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Short original paragraphs of ordinary prose, used only to measure perplexity.
 HELD_OUT_TEXT = [
@@ -101,6 +105,9 @@ QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("What do you call a baby dog?", ("puppy",)),
 ]
 
+# Part of the cache key of reference results (reference_generation_check): raise it when the check itself changes
+# (how answers are decoded or scored) so that results of the old check are not compared with the new one's.
+CHECK_VERSION = 2  # 2: answers end at every EOS id of the model's generation_config
 MAX_NEW_TOKENS = 48  # answer length; the questions want one word
 
 # The acceptance rule used to choose recipes (README "Measured on the CPU default").
@@ -211,6 +218,48 @@ def generation_check(model, tokenizer, text_file: str | None = None, max_new_tok
     }
     if reference is not None:
         result.update(compare_to_reference(result, reference))
+    return result
+
+
+def reference_key(model, tokenizer) -> str:
+    """What a reference result depends on: the weights' content (not their path), the check and its questions."""
+    from ..cache import make_key, model_fingerprint
+
+    eos, pad = answer_token_ids(model, tokenizer)
+    return make_key(kind="generation_check", version=CHECK_VERSION, model=model_fingerprint(model, tokenizer),
+                    questions=QUESTIONS, texts=HELD_OUT_TEXT, max_new_tokens=MAX_NEW_TOKENS, eos=eos, pad=pad)[:32]
+
+
+def reference_generation_check(model, tokenizer, cache_dir: str | Path | None = None, refresh: bool = False) -> dict:
+    """The generation check of a reference (starting) model, computed once per weights and kept on disk.
+
+    The trainer's starting model and the benchmarks' base model both come from here, so a base checked by one is
+    read back by the other. The cache file is named by :func:`reference_key` (a moved or renamed checkpoint keeps
+    its entry; changed weights or a changed check do not) under ``cache_dir`` (default
+    ``<GRACE_TRL_CACHE or ~/.cache/grace_trl>/generation_check``). ``refresh`` recomputes and rewrites it.
+    """
+    from ..files import atomic_write
+
+    if cache_dir is None:
+        from ..aliases import cache_dir as grace_cache_dir
+
+        cache_dir = grace_cache_dir() / "generation_check"
+    path = Path(cache_dir) / f"{reference_key(model, tokenizer)}.json"
+    if path.exists() and not refresh:
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cached = None  # unreadable: computed again and rewritten below
+        if isinstance(cached, dict) and [a.get("question") for a in cached.get("answers", [])] == \
+                [q for q, _ in QUESTIONS]:
+            logger.info("generation check of the reference model: read from %s", path)
+            return cached
+    logger.info("generation check of the reference model (%d questions + perplexity, ~1 min on 2 CPU cores)",
+                len(QUESTIONS))
+    result = generation_check(model, tokenizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        f.write(json.dumps(result, ensure_ascii=False, indent=1))
     return result
 
 
