@@ -8,8 +8,9 @@ and the model gets wrong), the gains and the perplexity change, plus the project
 
     python benchmarks/generation_report.py --model base=smollm2-135m --model grace=outputs/smollm2-135m-grace-sup
 
-The reference's result is cached in ``benchmarks/results/generation_base.json`` (``--reference-cache``), so a
-search scores the base model once.
+The reference's result comes from :func:`grace_trl.evaluation.generation_check.reference_generation_check`,
+cached by the weights' fingerprint (the cache the trainer's ``generation_check`` reads too), so a search scores
+the base model once; it is also written to ``benchmarks/results/generation_base.json`` (``--reference-report``).
 """
 
 from __future__ import annotations
@@ -24,20 +25,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_CACHE = ROOT / "benchmarks" / "results" / "generation_base.json"
+REFERENCE_REPORT = ROOT / "benchmarks" / "results" / "generation_base.json"
 
 
-def check_model(path: str, reference: dict | None = None) -> dict:
+def load_model(path: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from grace_trl.aliases import resolve_model_name
-    from grace_trl.evaluation.generation_check import generation_check
 
     folder = resolve_model_name(path)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+
+
+def check_model(path: str, reference: dict | None = None) -> dict:
+    from grace_trl.evaluation.generation_check import generation_check
+
+    model, tok = load_model(path)
     start = time.time()
     result = generation_check(model, tok, reference=reference)
     result["seconds"] = round(time.time() - start, 1)
@@ -45,19 +50,15 @@ def check_model(path: str, reference: dict | None = None) -> dict:
     return result
 
 
-def reference_result(path: str, cache: Path | None) -> dict:
-    """The reference model's check, from the cache when it was made for the same model and questions."""
-    from grace_trl.evaluation.generation_check import QUESTIONS
+def reference_result(path: str, report: Path | None = REFERENCE_REPORT, refresh: bool = False) -> dict:
+    """The reference model's check, read from the fingerprint-keyed cache when it holds it; written to ``report``."""
+    from grace_trl.evaluation.generation_check import reference_generation_check
 
-    questions = [q for q, _ in QUESTIONS]
-    if cache is not None and cache.exists():
-        cached = json.loads(cache.read_text())
-        if cached.get("model") == path and [a["question"] for a in cached["answers"]] == questions:
-            return cached
-    result = check_model(path)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    model, tok = load_model(path)
+    result = {**reference_generation_check(model, tok, refresh=refresh), "model": path}
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(result, indent=1, ensure_ascii=False))
     return result
 
 
@@ -90,7 +91,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True,
                    help="label=path (or alias); the first one is the reference")
-    p.add_argument("--reference-cache", default=str(REFERENCE_CACHE), help="'' to always recompute the reference")
+    p.add_argument("--reference-report", default=str(REFERENCE_REPORT),
+                   help="where the reference's result is written ('' for nowhere)")
+    p.add_argument("--recompute-reference", action="store_true",
+                   help="check the reference again instead of reading its cached result")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "generation_check.json"))
     args = p.parse_args(argv)
     models = []
@@ -100,7 +104,8 @@ def main(argv=None) -> int:
             p.error(f"--model {spec!r}: expected label=path")
         models.append((label, path))
     (ref_label, ref_path), others = models[0], models[1:]
-    results = {ref_label: reference_result(ref_path, Path(args.reference_cache) if args.reference_cache else None)}
+    results = {ref_label: reference_result(ref_path, Path(args.reference_report) if args.reference_report else None,
+                                           refresh=args.recompute_reference)}
     print(summary_line(ref_label, results[ref_label]), flush=True)
     for label, path in others:
         results[label] = check_model(path, reference=results[ref_label])

@@ -113,11 +113,11 @@ def dev_scores(model_path: str, system_prompt: str | None, max_new_tokens: int, 
 def generation_row(model_path: str) -> dict:
     """The generation check of a run's checkpoint against the base model (whose result is cached)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from generation_report import REFERENCE_CACHE, check_model, reference_result
+    from generation_report import check_model, reference_result
 
     from grace_trl.evaluation.generation_check import generation_kept
 
-    ref = reference_result("smollm2-135m", REFERENCE_CACHE)
+    ref = reference_result("smollm2-135m")
     r = check_model(model_path, reference=ref)
     return {"gen_right": f"{r['n_correct']}/{r['n_questions']}",
             "gen_regressions": f"{len(r['regressions'])}/{r['reference_correct']}",

@@ -35,6 +35,13 @@ from .rewards import (
 from .settings import SETTINGS_FILE, GRACESettings  # noqa: F401  (re-exported: grace_trl.config.GRACESettings)
 
 
+def _native_activation_checkpointing() -> bool:
+    """Whether transformers has ``activation_checkpointing`` (5.23+, where ``gradient_checkpointing`` is its alias)."""
+    from transformers import TrainingArguments
+
+    return "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+
+
 @dataclass
 class GRACEConfig(GRPOConfig):
     r"""
@@ -112,6 +119,14 @@ class GRACEConfig(GRPOConfig):
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             A fresh run into an `output_dir` that holds an earlier run is refused unless this is set (then
             the old `rationale_samples.jsonl` and `checkpoint-*` folders are removed) or the run resumes.
+        activation_checkpointing (`bool`, *optional*, defaults to `True`):
+            Recompute activations in the backward pass to save memory (TRL's default: on). transformers 5.23
+            renamed `gradient_checkpointing` to this; the old key still works (transformers warns that it is
+            deprecated), and on an older transformers (the vLLM CPU environment pins 5.19) this name is passed
+            on as the old one.
+        activation_checkpointing_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Keyword arguments of the checkpointing, e.g. `{"use_reentrant": false}`; formerly
+            `gradient_checkpointing_kwargs` (still accepted, as above).
     """
 
     mode: str = field(default=DEFAULT_MODE, metadata={"help": "'supervised' or 'unsupervised'."})
@@ -166,6 +181,20 @@ class GRACEConfig(GRPOConfig):
     remove_unused_columns: bool | None = field(default=False, metadata={"help": "Keep query/negatives columns."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Start over in an output_dir that holds an earlier run (its samples and checkpoints are removed)."})
+    # transformers 5.23 renamed gradient_checkpointing(_kwargs) to activation_checkpointing(_kwargs) and warns on
+    # the old names; TRL 1.16 still defaults the old one to True, which made every GRACEConfig warn. Both names
+    # default to unset here and _resolve_activation_checkpointing applies TRL's default through the new one.
+    activation_checkpointing: bool | None = field(default=None, metadata={
+        "help": "Recompute activations in the backward pass to save memory (default: on).", "nargs": "?",
+        "const": True})
+    activation_checkpointing_kwargs: dict[str, Any] | str | None = field(default=None, metadata={
+        "help": "Keyword arguments of activation checkpointing, e.g. '{\"use_reentrant\": false}'."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "Deprecated alias of activation_checkpointing (transformers 5.23).", "nargs": "?", "const": True})
+    gradient_checkpointing_kwargs: dict[str, Any] | str | None = field(default=None, metadata={
+        "help": "Deprecated alias of activation_checkpointing_kwargs (transformers 5.23)."})
+    # JSON strings from the command line become dicts (transformers < 5.23 does not list the new name)
+    _VALID_DICT_FIELDS = list(dict.fromkeys([*GRPOConfig._VALID_DICT_FIELDS, "activation_checkpointing_kwargs"]))
 
     def __post_init__(self):
         validate_config_values(self)
@@ -208,7 +237,13 @@ class GRACEConfig(GRPOConfig):
                 "(GRACE generates one set of anchors per group)."
             )
         self.system_prompt = normalize_system_prompt(self.system_prompt)
+        self._resolve_activation_checkpointing()
         super().__post_init__()
+        if not _native_activation_checkpointing():
+            # the old names are the ones transformers < 5.23 reads; the new ones mirror them, as 5.23+ does the other
+            # way round
+            self.activation_checkpointing = self.gradient_checkpointing
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
         per_process = self.per_device_train_batch_size * self.steps_per_generation
         if per_process % self.num_generations != 0:
             raise ValueError(
@@ -216,6 +251,28 @@ class GRACEConfig(GRPOConfig):
                 f"num_generations ({self.num_generations}) so that every group of rollouts stays on one process "
                 "(GRACE generates one set of anchors per group)."
             )
+
+    def _resolve_activation_checkpointing(self) -> None:
+        """Checkpointing on unless set, under either name; the two names may not disagree.
+
+        With neither name set the new one takes TRL's default (on), so transformers sees no deprecated key. A
+        recipe with the old name keeps working: transformers 5.23+ copies it to the new one with a FutureWarning.
+        On transformers < 5.23 the new name is GRACE's own field and is copied to the old one, which that
+        version reads.
+        """
+        pairs = (("activation_checkpointing", "gradient_checkpointing"),
+                 ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"))
+        for new, old in pairs:
+            value, alias = getattr(self, new), getattr(self, old)
+            if value is not None and alias is not None and value != alias:
+                raise ValueError(f"GRACEConfig: {new}={value!r} and its deprecated alias {old}={alias!r} disagree; "
+                                 f"set {new} only")
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # TRL's default
+        if not _native_activation_checkpointing():
+            for new, old in pairs:
+                if getattr(self, new) is not None:
+                    setattr(self, old, getattr(self, new))
 
     def grace_settings(self) -> GRACESettings:
         return GRACESettings(

@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -79,6 +80,18 @@ def _hub_settings(repo_id: str) -> GRACESettings | None:
         # same way right after, with a clearer message
         return None
     return GRACESettings.load(os.path.dirname(path))
+
+
+def chunk_bounds(n: int, size: int, first: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of consecutive chunks of ``n`` items, ``size`` each; the first holds ``first`` when given."""
+    bounds, start = [], 0
+    if first and 0 < first < n:
+        bounds.append((0, first))
+        start = first
+    while start < n:
+        bounds.append((start, min(n, start + size)))
+        start += size
+    return bounds
 
 
 def _check_max_new_tokens(value, default: int) -> int:
@@ -151,6 +164,12 @@ class GRACEEncoder:
         self._fingerprint: str | None = None
         self._prompt_encoders: dict = {}
         self.cache_flush_every = 64  # prompts generated between cache writes
+        # called as (generated, to_generate, texts, seconds) after each chunk of rationales of an encode call:
+        # rationales generated so far, rationales the call generates (cache hits and repeated texts excluded), texts
+        # it got, seconds spent generating so far.
+        # While it is set, the first chunk is one generation batch, so a caller can time it early (the trainer
+        # projects the length of its first dev-set evaluation from it).
+        self.on_rationales_generated = None
         # sentence-transformers-style named prompts; each replaces the GRACE instruction (see ``encode``)
         self.prompts: dict[str, str] = {}
         self.model.eval()
@@ -302,10 +321,15 @@ class GRACEEncoder:
             # exist: an interrupted run keeps everything finished so far.
             reps = sorted(unique.values(), key=lambda i: -len(prompts[i]))
             chunk = max(1, int(self.cache_flush_every)) if use_cache else len(reps)
+            progress = self.on_rationales_generated
+            first = getattr(self.generator, "batch_size", None) if progress is not None else None
             by_prompt = {}
-            for c in range(0, len(reps), chunk):
-                part = reps[c : c + chunk]
+            seconds = 0.0
+            for start, end in chunk_bounds(len(reps), chunk, first):
+                part = reps[start:end]
+                began = time.perf_counter()
                 generated = self.generator.generate([prompts[i] for i in part], max_new_tokens, temperature)
+                seconds += time.perf_counter() - began
                 if len(generated) != len(part):
                     raise RuntimeError(f"generator returned {len(generated)} completions for {len(part)} prompts")
                 for i, ids in zip(part, generated):
@@ -315,6 +339,8 @@ class GRACEEncoder:
                     if use_cache:
                         self.cache.put(keys[i], CachedRationale(ids, text, truncated),
                                        meta={"model": str(self.name_or_path), "max_new_tokens": max_new_tokens})
+                if progress is not None:
+                    progress(end, len(reps), len(texts), seconds)
             for i in todo:
                 ids, text, truncated = by_prompt[tuple(prompts[i])]
                 results[i] = Rationale(text, ids, truncated)

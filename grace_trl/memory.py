@@ -215,7 +215,7 @@ class TrainingShape:
     num_generations: int = 8
     max_completion_length: int = DEFAULT_MAX_NEW_TOKENS
     prompt_tokens: int = 128
-    gradient_checkpointing: bool = True
+    activation_checkpointing: bool = True  # formerly gradient_checkpointing (transformers 5.23)
     use_vllm: bool = False
     vllm_mode: str = "colocate"
     vllm_gpu_memory_utilization: float = 0.3
@@ -243,6 +243,8 @@ class TrainingShape:
         from .config import GRACEConfig
 
         defaults = {f.name: f.default for f in fields(GRACEConfig) if f.default is not MISSING}
+        if recipe.get("activation_checkpointing") is None and "gradient_checkpointing" in recipe:
+            recipe = {**recipe, "activation_checkpointing": recipe["gradient_checkpointing"]}  # the old key
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in recipe:
@@ -328,7 +330,7 @@ def activation_bytes(arch: Architecture, shape: TrainingShape) -> int:
     """Training forward+backward of one micro-batch of (prompt + completion) sequences."""
     tokens = shape.per_device_train_batch_size * shape.sequence_length
     per_layer = arch.saved_activation_bytes_per_token_layer()
-    if shape.gradient_checkpointing:
+    if shape.activation_checkpointing:
         # one bf16 hidden state per layer boundary, plus one layer recomputed during backward
         act = tokens * (arch.num_layers * 2 * arch.hidden_size + per_layer)
     else:
@@ -414,7 +416,7 @@ def recommend(estimates: list[MemoryEstimate], headroom: float = 0.10) -> tuple[
                          f"~{est.total / GIB:.1f} of {est.gpu_memory_bytes / GIB:.0f} GiB per GPU")
     best = min(estimates, key=lambda e: e.total)
     return None, (f"nothing fits: the smallest is {best.strategy} at ~{best.total / GIB:.1f} GiB per GPU. Lower "
-                  "per_device_train_batch_size or max_completion_length, keep gradient_checkpointing on, use LoRA "
+                  "per_device_train_batch_size or max_completion_length, keep activation_checkpointing on, use LoRA "
                   "(use_peft: true), lower vllm_gpu_memory_utilization or use vllm_mode: server, or add GPUs")
 
 
@@ -437,8 +439,8 @@ def format_table(arch: Architecture, shape: TrainingShape, estimates: list[Memor
         f"trained: {trained}",
         f"micro-batch {shape.per_device_train_batch_size} × {shape.sequence_length} tokens "
         f"({shape.prompt_tokens} prompt + {shape.max_completion_length} completion), generation batch "
-        f"{shape.generation_batch} per GPU, gradient checkpointing {'on' if shape.gradient_checkpointing else 'off'}, "
-        f"vLLM {vllm}",
+        f"{shape.generation_batch} per GPU, activation checkpointing "
+        f"{'on' if shape.activation_checkpointing else 'off'}, vLLM {vllm}",
         "",
     ]
     cols = ["strategy", "weights", "grads", "optimizer", "activ.", "gen/embed", "vLLM", "overhead", "total",

@@ -17,7 +17,7 @@ import os
 import re
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import torch
@@ -56,6 +56,20 @@ from .prompts import PromptEncoder
 from .rewards import GRACEReward, RolloutEmbeddings, build_reward_funcs
 
 logger = logging.getLogger(__name__)
+
+# transformers 5.23 deprecations raised inside TRL 1.16's generation context (see quiet_trl_checkpointing)
+TRL_CHECKPOINTING_DEPRECATIONS = r"`(is_gradient_checkpointing|gradient_checkpointing_(enable|disable))` is deprecated"
+
+
+@contextmanager
+def quiet_trl_checkpointing():
+    """TRL 1.16 (pinned) calls transformers' deprecated ``is_gradient_checkpointing`` and
+    ``gradient_checkpointing_disable/_enable`` around every generation and embedding pass: FutureWarnings that no
+    GRACE user can act on (the recipes already use the new ``activation_checkpointing`` key)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TRL_CHECKPOINTING_DEPRECATIONS, category=FutureWarning)
+        yield
+
 SAMPLES_FILE = "rationale_samples.jsonl"
 RUN_FILE = "grace_run.json"  # what a resumed run must share with its checkpoint (see checks.check_resumed_run)
 # Optimisation settings recorded in RUN_FILE: changing one on resume is allowed, with a warning.
@@ -92,6 +106,28 @@ class RowTemperature(LogitsProcessor):
             only_top = torch.full_like(scores, float("-inf")).scatter(1, top, 0.0)
             scores = torch.where(greedy.unsqueeze(1), scores + only_top, scores)
         return scores
+
+
+def projected_evaluation_seconds(elapsed: float, decode_seconds: float, decoded: int, remaining: int) -> float:
+    """Seconds a whole dev-set evaluation takes, projected from its first ``decoded`` rationales.
+
+    ``elapsed`` is the time since the evaluation started, ``decode_seconds`` the part of it spent decoding those
+    rationales, ``remaining`` the rationales still to decode. Decoding dominates, so the pooling passes are left
+    out; the first rationales being those of the longest texts tends to make it an overestimate.
+    """
+    if decoded < 1 or remaining < 0 or not 0 <= decode_seconds <= elapsed:
+        raise ValueError(f"cannot project from {decoded} rationales decoded in {decode_seconds} of {elapsed} s "
+                         f"with {remaining} to go")
+    return elapsed + decode_seconds / decoded * remaining
+
+
+def format_seconds(seconds: float) -> str:
+    """``"45 s"``, ``"3.5 min"`` or ``"1.2 h"``: a duration as a person reads it in a log."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class GRACETrainer(GRPOTrainer):
@@ -519,9 +555,11 @@ class GRACETrainer(GRPOTrainer):
         from .encoder import GRACEEncoder
 
         start = time.perf_counter()
+        first = not self._evaluation_runtimes()
         if self.accelerator.is_main_process:
             self._log_evaluation_start()
         with (
+            quiet_trl_checkpointing(),
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
@@ -533,6 +571,8 @@ class GRACETrainer(GRPOTrainer):
                 try:
                     encoder = GRACEEncoder(unwrapped, self.grace_tokenizer, self.args.grace_settings(),
                                            name_or_path="policy", cache_dir=self._eval_cache_dir())
+                    if first:  # no earlier evaluation to say how long this one takes: time its first rationales
+                        encoder.on_rationales_generated = self._evaluation_estimate_logger(start)
                     return dict(self.embedding_evaluator(encoder))
                 finally:
                     unwrapped.train(was_training)
@@ -559,17 +599,44 @@ class GRACETrainer(GRPOTrainer):
 
         return str(cache_dir() / "rationales")
 
+    def _evaluation_runtimes(self) -> list[float]:
+        name = getattr(self.embedding_evaluator, "name", "embedding")
+        return [h[k] for h in self.state.log_history for k in h if k == f"eval_{name}_runtime"]
+
     def _log_evaluation_start(self) -> None:
-        """Say what the (possibly minutes-long) dev-set evaluation does before it starts and how long the last took."""
+        """Say what the (possibly minutes-long) dev-set evaluation does before it starts and how long the last took
+        (the first evaluation logs an estimate once its first batch of rationales is done)."""
         about = self._evaluator_description()
         what = (f"{about['n']:,} {about['unit']} of {about['dataset']} ({about['split']} split)" if about
                 else "the dev set")
         whose = "the untrained model" if self.state.global_step == 0 else f"the model at step {self.state.global_step}"
-        name = getattr(self.embedding_evaluator, "name", "embedding")
-        last = [h[k] for h in self.state.log_history for k in h if k == f"eval_{name}_runtime"]
-        took = f"; the last evaluation took {last[-1]:.0f} s" if last else ""
+        last = self._evaluation_runtimes()
+        took = (f"; the last evaluation took {last[-1]:.0f} s" if last
+                else "; how long it takes follows after its first batch of rationales")
         logger.info("dev-set evaluation of %s: embedding %s, a rationale of up to %d tokens per text%s", whose, what,
                     self.args.max_completion_length, took)
+
+    def _evaluation_estimate_logger(self, start: float):
+        """A ``GRACEEncoder.on_rationales_generated`` that logs, once, how long the whole evaluation will take."""
+        counter = getattr(self.embedding_evaluator, "rationale_texts", None)
+        total_texts = counter() if callable(counter) else None
+        logged = False
+
+        def log_estimate(generated: int, to_generate: int, texts: int, seconds: float) -> None:
+            nonlocal logged
+            # texts of the evaluation's later encode calls (retrieval embeds its queries, then its documents),
+            # counted as not cached
+            later = max(0, total_texts - texts) if total_texts is not None else 0
+            remaining = to_generate - generated + later
+            if logged or remaining <= 0:
+                return  # said already, or nothing left to estimate
+            logged = True
+            elapsed = time.perf_counter() - start
+            total = projected_evaluation_seconds(elapsed, min(seconds, elapsed), generated, remaining)
+            logger.info("dev-set evaluation: the first %d of %d rationales took %.0f s; the whole evaluation will "
+                        "take about %s", generated, generated + remaining, seconds, format_seconds(total))
+
+        return log_estimate
 
     # --------------------------------------------------------------- rewards
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -686,11 +753,7 @@ class GRACETrainer(GRPOTrainer):
             self._step_health = StepHealth()
             reference = self._reference_generation_check() if self.args.generation_check else None
             start = time.perf_counter()
-            with warnings.catch_warnings():
-                # TRL 1.16 (pinned) reads transformers' deprecated `is_gradient_checkpointing` at every generation
-                # and embedding pass: one FutureWarning per step that no GRACE user can act on
-                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                        category=FutureWarning)
+            with quiet_trl_checkpointing():
                 result = super().train(resume_from_checkpoint=checkpoint, trial=trial,
                                        ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
             self._write_timing(time.perf_counter() - start)
@@ -717,26 +780,9 @@ class GRACETrainer(GRPOTrainer):
         model = self._generation_check_model()
         if not self.accelerator.is_main_process:
             return None
-        from .aliases import cache_dir
-        from .cache import model_fingerprint
-        from .evaluation.generation_check import QUESTIONS, generation_check
+        from .evaluation.generation_check import reference_generation_check
 
-        key = model_fingerprint(model, self.grace_tokenizer)[:32]
-        path = cache_dir() / "generation_check" / f"{key}.json"
-        questions = [q for q, _ in QUESTIONS]
-        if path.exists():
-            cached = json.loads(path.read_text(encoding="utf-8"))
-            if [a["question"] for a in cached.get("answers", [])] == questions:
-                logger.info("generation check of the starting model: read from %s", path)
-                return cached
-        logger.info("generation check of the starting model (60 questions + perplexity, ~1 min on 2 CPU cores)")
-        result = generation_check(model, self.grace_tokenizer)
-        from .files import atomic_write
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as f:
-            f.write(json.dumps(result, ensure_ascii=False, indent=1))
-        return result
+        return reference_generation_check(model, self.grace_tokenizer)
 
     def _final_generation_check(self, reference: dict | None) -> None:
         model = self._generation_check_model()

@@ -157,6 +157,27 @@ def test_cache_skips_generation_and_recovers(tiny_model_path, tmp_path):
     np.testing.assert_allclose(a, c, atol=1e-6)
 
 
+def test_progress_reports_a_first_generation_batch_then_the_usual_chunks(tiny_model_path, tmp_path):
+    enc = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu", cache_dir=tmp_path / "c")
+    texts = [f"sentence number {i} about cats" for i in range(7)]
+    expected = enc.encode(texts[:2], max_new_tokens=4, show_progress_bar=False)  # 2 of the 7 are cached now
+    reports, calls = [], []
+    original = enc.generator.generate
+
+    def counting(prompts, max_new_tokens, temperature=0.0):
+        calls.append(len(prompts))
+        return original(prompts, max_new_tokens, temperature)
+
+    enc.generator.generate = counting
+    enc.on_rationales_generated = lambda *report: reports.append(report)
+    enc.cache_flush_every = 3
+    vectors = enc.encode(texts + texts[:1], max_new_tokens=4, batch_size=2, show_progress_bar=False)
+    # 8 texts, one repeated, 2 cached: 5 to generate, the first 2 (one batch) timed on their own, then chunks of 3
+    assert calls == [2, 3]
+    assert [r[:3] for r in reports] == [(2, 5, 8), (5, 5, 8)] and 0 < reports[0][3] <= reports[1][3]
+    np.testing.assert_allclose(vectors[:2], expected, atol=1e-6)
+
+
 def test_reads_grace_config_from_checkpoint(tiny_model_path, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_model_path, ckpt)

@@ -1,5 +1,7 @@
 """The generation check scores answers automatically and reports regressions against a reference model."""
 
+import json
+
 import pytest
 
 from grace_trl.evaluation.generation_check import (
@@ -121,3 +123,100 @@ def test_eval_report_lists_regressions_against_the_first_model(tiny_model_path, 
     assert generation_row("base", base).startswith("| base | ") and "(reference)" in generation_row("base", base)
     row = generation_row("changed", other)
     assert f"{100 * other['perplexity_change']:+.1f}%" in row and row.endswith(("| yes |", "| no |"))
+
+
+def _first_answer_token(model, tok, question: str) -> int:
+    import torch
+
+    prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                     tokenize=True, return_dict=True)["input_ids"]
+    with torch.no_grad():
+        return int(model(torch.tensor([prompt])).logits[0, -1].argmax())
+
+
+def test_answers_end_at_every_eos_id_of_the_generation_config(tiny_model_path):
+    """A chat model may end its turn with any of a list of ids (Llama 3); the check must stop at each of them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grace_trl.evaluation.generation_check import greedy_answers
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    question = QUESTIONS[0][0]
+    first = _first_answer_token(model, tok, question)
+    assert first != tok.eos_token_id
+    generated = []
+    generate = model.generate
+
+    def counting(**kwargs):
+        out = generate(**kwargs)
+        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    model.generate = counting
+    greedy_answers(model, tok, [question], max_new_tokens=6)
+    assert generated == [6]  # the random model never writes its tokenizer's EOS
+    model.generation_config.eos_token_id = [tok.eos_token_id, first]
+    greedy_answers(model, tok, [question], max_new_tokens=6)
+    assert generated == [6, 1]  # its first token is one of the config's EOS ids: the answer ends there
+
+
+def test_answer_token_ids_prefer_the_generation_config_and_fall_back_to_the_tokenizer():
+    from types import SimpleNamespace
+
+    from grace_trl.evaluation.generation_check import answer_token_ids
+
+    tok = SimpleNamespace(eos_token_id=2, pad_token_id=7)
+    listed = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[5, 6, 5], pad_token_id=4))
+    assert answer_token_ids(listed, tok) == ([5, 6], 4)
+    bare = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None, pad_token_id=None))
+    assert answer_token_ids(bare, tok) == ([2], 7)
+    assert answer_token_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=2, pad_token_id=None)) == ([2], 2)
+    with pytest.raises(ValueError, match="EOS"):
+        answer_token_ids(bare, SimpleNamespace(eos_token_id=None, pad_token_id=None))
+
+
+def test_one_reference_cache_keyed_by_the_weights_serves_trainer_and_benchmarks(tiny_model_path, tmp_path,
+                                                                                monkeypatch):
+    """The base model is checked once whoever asks first: the cache file is named by the weights' fingerprint."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import grace_trl.evaluation.generation_check as gc
+
+    monkeypatch.setenv("GRACE_TRL_CACHE", str(tmp_path / "cache"))
+    runs = []
+    real = gc.generation_check
+    monkeypatch.setattr(gc, "generation_check", lambda *a, **kw: runs.append(1) or real(*a, **kw))
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    first = gc.reference_generation_check(model, tok)
+    files = list((tmp_path / "cache" / "generation_check").glob("*.json"))
+    assert runs == [1] and len(files) == 1 and files[0].stem == gc.reference_key(model, tok)
+    # the same weights in another folder, through the benchmark script: read back, and written as its report
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_model_path, moved)
+    spec = importlib.util.spec_from_file_location(
+        "generation_report", Path(__file__).resolve().parents[1] / "benchmarks" / "generation_report.py")
+    report_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_module)
+    base = report_module.reference_result(str(moved), report=tmp_path / "generation_base.json")
+    assert runs == [1] and base["perplexity"] == first["perplexity"] and base["model"] == str(moved)
+    assert json.loads((tmp_path / "generation_base.json").read_text())["n_correct"] == first["n_correct"]
+    # another EOS set or other weights are another reference; refresh and an unreadable file recompute
+    model.generation_config.eos_token_id = [tok.eos_token_id, 5]
+    other_key = gc.reference_key(model, tok)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    assert gc.reference_key(model, tok) not in (files[0].stem, other_key)
+    gc.reference_generation_check(model, tok)
+    assert runs == [1, 1]
+    gc.reference_generation_check(model, tok, refresh=True)
+    assert runs == [1, 1, 1]
+    files[0].write_text("{not json")
+    again = gc.reference_generation_check(AutoModelForCausalLM.from_pretrained(tiny_model_path), tok)
+    assert runs == [1, 1, 1, 1] and again["answers"] == first["answers"]

@@ -127,14 +127,14 @@ def test_model_states_agree_with_deepspeed_estimators(name, num_gpus):
 def test_hand_computed_activation_and_vllm_numbers():
     arch = _arch("Qwen/Qwen2.5-1.5B-Instruct")
     shape = TrainingShape(per_device_train_batch_size=8, max_completion_length=256, prompt_tokens=128,
-                          gradient_checkpointing=True, use_vllm=True, vllm_gpu_memory_utilization=0.3)
+                          activation_checkpointing=True, use_vllm=True, vllm_gpu_memory_utilization=0.3)
     # 8 × 384 tokens × (28 checkpoints × 2 B × 1536 + one recomputed layer 2 × (4·1536 + 2·1536 + 2·256 + 4·8960))
     # + 2 × fused LM-head tile (2048 tokens × 32768 vocab × 4 B)
     assert activation_bytes(arch, shape) == 3072 * (28 * 2 * 1536 + 91136) + 2 * 2048 * 32768 * 4 == 1_081_081_856
     est = estimate(arch, shape, "ddp", 8, gpu_memory_gib=80)
     assert est.vllm == int(0.3 * 80 * GIB)
     assert est.model_states == 16 * 1_543_714_304
-    no_gc = TrainingShape(**{**shape.__dict__, "gradient_checkpointing": False})
+    no_gc = TrainingShape(**{**shape.__dict__, "activation_checkpointing": False})
     assert activation_bytes(arch, no_gc) == 3072 * 28 * 91136 + 2 * 2048 * 32768 * 4
     # the GRACE embedding pass: 16 sequences × 384 tokens × (hidden in/out 2·2·1536 + one layer's transient
     # 2 × (2·1536 + 1536 + 2·256 + 3·8960)) bytes
@@ -146,6 +146,15 @@ def test_hand_computed_activation_and_vllm_numbers():
     assert est.vllm == 0 and est.generation == 64 * 384 * 28 * 2 * 256 * 2
     z3 = estimate(arch, hf, "zero3", 8)
     assert z3.generation == est.generation + 2 * arch.num_parameters()  # ds3_gather_for_generation
+
+
+def test_recipe_checkpointing_under_either_name():
+    """activation_checkpointing (transformers 5.23), or the older gradient_checkpointing; on when unset."""
+    assert TrainingShape.from_recipe({}).activation_checkpointing is True
+    assert TrainingShape.from_recipe({"activation_checkpointing": False}).activation_checkpointing is False
+    assert TrainingShape.from_recipe({"gradient_checkpointing": False}).activation_checkpointing is False
+    assert TrainingShape.from_recipe({"activation_checkpointing": True, "gradient_checkpointing": True}) \
+        .activation_checkpointing is True
 
 
 def test_sharding_orders_and_scaling():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from unittest import mock
@@ -109,7 +110,15 @@ def test_recipe_parses_with_trl_parser(path):
 
     recipe = yaml.safe_load(path.read_text())
     extra = ["--use_cpu", "true"] if recipe.get("bf16") else []  # bf16 on a CPU-only box needs use_cpu to validate
-    script_args, training_args, model_args = parse_args(["--config", str(path), *extra])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        script_args, training_args, model_args = parse_args(["--config", str(path), *extra])
+    # a newcomer's first run starts without a deprecation warning (transformers 5.23 renamed gradient_checkpointing)
+    deprecated = [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))
+                  and "checkpointing" in str(w.message)]
+    assert not deprecated, f"{_rel(path)}: {deprecated}"
+    assert training_args.activation_checkpointing == recipe.get("activation_checkpointing", True)
+    assert training_args.gradient_checkpointing == training_args.activation_checkpointing  # what TRL 1.16 reads
     assert model_args.model_name_or_path == recipe["model_name_or_path"]
     assert training_args.mode == recipe["mode"]
     mapping = parse_column_mapping(script_args.column_mapping)
@@ -132,6 +141,26 @@ def test_recipe_parses_with_trl_parser(path):
         assert re.fullmatch(r"[\w.-]+/[\w.-]+", source), f"{source!r} is not a Hub dataset id"
 
 
+def test_a_recipe_with_the_old_checkpointing_keys_still_trains_as_written(tmp_path):
+    """``gradient_checkpointing(_kwargs)`` (before transformers 5.23) keep working, with transformers' warning."""
+    from grace_trl.commands.train import parse_args
+
+    text = (SMOLLM2 / "sup_gpu.yaml").read_text().replace("activation_checkpointing: false", "")
+    assert "checkpointing" not in text
+    for value in (False, True):
+        old = tmp_path / f"old_{value}.yaml"
+        old.write_text(text + f"\ngradient_checkpointing: {str(value).lower()}\n"
+                              "gradient_checkpointing_kwargs:\n  use_reentrant: true\n")
+        with pytest.warns(FutureWarning, match="gradient_checkpointing"):
+            _, t, _ = parse_args(["--config", str(old), "--use_cpu", "true"])
+        assert t.activation_checkpointing is value and t.gradient_checkpointing is value
+        assert t.activation_checkpointing_kwargs == {"use_reentrant": True} == t.gradient_checkpointing_kwargs
+    both = tmp_path / "both.yaml"
+    both.write_text(text + "\nactivation_checkpointing: true\ngradient_checkpointing: false\n")
+    with pytest.raises(ValueError, match="disagree"):
+        parse_args(["--config", str(both), "--use_cpu", "true"])
+
+
 @pytest.mark.parametrize("path", GPU_RECIPES, ids=_rel)
 def test_gpu_recipe_has_paper_settings(path):
     from grace_trl.commands.train import parse_args
@@ -142,7 +171,7 @@ def test_gpu_recipe_has_paper_settings(path):
     assert (t.beta, t.epsilon, t.scale_rewards, t.temperature, t.anchor_temperature) == (0.0, 0.2, "none", 1.0, 0.5)
     assert t.lr_scheduler_type == "constant" or str(t.lr_scheduler_type).endswith("CONSTANT")
     assert t.learning_rate == (1e-5 if m.use_peft else 1e-6)
-    assert t.bf16 and t.gradient_checkpointing
+    assert t.bf16 and t.activation_checkpointing
     assert t.use_vllm and t.vllm_mode == "colocate"
     assert t.max_completion_length == 256 and "2048" in path.read_text()
     # reference schedule on the 8 GPUs of the launch line: 64 rows (groups of G) per rollout batch, 4 updates each

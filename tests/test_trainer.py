@@ -180,18 +180,20 @@ def _checkpointing_kwargs(model):
     return funcs
 
 
-def test_embedding_pass_keeps_the_gradient_checkpointing_settings(tmp_path, tiny_model_path):
+def test_embedding_pass_keeps_the_activation_checkpointing_settings(tmp_path, tiny_model_path, recwarn):
     seen = []
 
     def spy(prompts, **kwargs):  # runs right after the embedding pass, inside training
         seen.append(_checkpointing_kwargs(trainer.model))
         return [0.0] * len(prompts)
 
-    args = config(tmp_path, max_steps=1, gradient_checkpointing=True,
-                  gradient_checkpointing_kwargs={"use_reentrant": True})
+    args = config(tmp_path, max_steps=1, activation_checkpointing=True,
+                  activation_checkpointing_kwargs={"use_reentrant": True})
     trainer = GRACETrainer(tiny_model_path, reward_funcs=["grace", spy], args=args, train_dataset=sup_rows())
     trainer.train()
     assert seen and all(s == {True} for s in seen), seen
+    # the settings' current names start a run without transformers' deprecation warnings
+    assert not [str(w.message) for w in recwarn if "`gradient_checkpointing" in str(w.message)]
 
 
 def test_rollout_stopped_without_eos_is_truncated(tmp_path, tiny_model_path):

@@ -44,7 +44,8 @@ class ScriptArguments:
 # The Trainer / GRPO / model fields most runs set, shown by the short ``--help`` next to GRACE's own.
 COMMON_FIELDS = ("output_dir", "model_name_or_path", "max_steps", "num_train_epochs", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "steps_per_generation", "logging_steps", "save_steps", "bf16",
-                 "use_peft", "use_vllm", "report_to", "push_to_hub", "hub_model_id", "resume_from_checkpoint")
+                 "activation_checkpointing", "use_peft", "use_vllm", "report_to", "push_to_hub", "hub_model_id",
+                 "resume_from_checkpoint")
 
 
 def build_parser() -> TrlParser:
@@ -80,7 +81,8 @@ def short_help(parser: TrlParser) -> str:
         *[line(f.name) for f in dataclasses.fields(ScriptArguments)],
         "",
         "GRACE:",
-        *[line(name) for name in GRACEConfig.__annotations__],
+        *[line(name) for name in GRACEConfig.__annotations__
+          if name not in COMMON_FIELDS and "checkpointing" not in name],  # GRACEConfig only re-declares those
         "",
         "common training options:",
         *[line(name) for name in COMMON_FIELDS],

@@ -101,6 +101,10 @@ class STSEvaluator:
         return {"dataset": self.dataset, "split": self.split, "n": len(self.pairs), "unit": "pairs",
                 "task_type": "sentence-similarity", "metric": "cosine_spearman"}
 
+    def rationale_texts(self) -> int:
+        """How many texts an evaluation writes a rationale for (each distinct sentence once)."""
+        return len({s for a, b, _ in self.pairs for s in (a, b)}) if self.with_rationale else 0
+
     def __call__(self, encoder) -> dict[str, float]:
         from scipy.stats import spearmanr
 
@@ -172,6 +176,10 @@ class RetrievalEvaluator:
         """What a score of this evaluator was computed on (dataset, split, sample size), for the model card."""
         return {"dataset": self.dataset, "split": self.split, "n": len(self.queries), "unit": "queries",
                 "task_type": "text-retrieval", "metric": f"ndcg_at_{self.k}"}
+
+    def rationale_texts(self) -> int:
+        """How many texts an evaluation writes a rationale for (queries, then documents)."""
+        return len(self.queries) + len(self.corpus)
 
     def __call__(self, encoder) -> dict[str, float]:
         import pytrec_eval

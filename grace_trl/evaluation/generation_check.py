@@ -10,11 +10,15 @@ the project's acceptance rule to them.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Short original paragraphs of ordinary prose, used only to measure perplexity.
 HELD_OUT_TEXT = [
@@ -101,6 +105,11 @@ QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("What do you call a baby dog?", ("puppy",)),
 ]
 
+# Part of the cache key of reference results (reference_generation_check): raise it when the check itself changes
+# (how answers are decoded or scored) so that results of the old check are not compared with the new one's.
+CHECK_VERSION = 2  # 2: answers end at every EOS id of the model's generation_config
+MAX_NEW_TOKENS = 48  # answer length; the questions want one word
+
 # The acceptance rule used to choose recipes (README "Measured on the CPU default").
 MAX_REGRESSION_RATE = 0.05  # at most 5% of the questions the reference answers right may be lost
 MAX_PERPLEXITY_INCREASE = 0.02  # perplexity at most 2% above the reference's
@@ -137,8 +146,27 @@ def perplexity(model, tokenizer, texts: list[str] = HELD_OUT_TEXT) -> float:
     return math.exp(total_nll / total_tokens)
 
 
+def answer_token_ids(model, tokenizer) -> tuple[list[int], int]:
+    """The ids that end a chat answer and the pad id, as the model's ``generation_config`` sets them.
+
+    A chat model may end a turn with any of several tokens (Llama 3: ``<|eot_id|>`` and ``<|end_of_text|>``), so
+    ``eos_token_id`` may be a list; the tokenizer's EOS and pad ids are used only where the config has none.
+    """
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    eos_ids = [int(eos)] if isinstance(eos, int) else [int(e) for e in (eos or [])]
+    if not eos_ids and tokenizer.eos_token_id is not None:
+        eos_ids = [int(tokenizer.eos_token_id)]
+    if not eos_ids:
+        raise ValueError("neither the model's generation_config nor the tokenizer defines an EOS token")
+    pad = getattr(config, "pad_token_id", None)
+    if pad is None:
+        pad = tokenizer.pad_token_id
+    return list(dict.fromkeys(eos_ids)), int(eos_ids[0] if pad is None else pad)
+
+
 @torch.no_grad()
-def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
+def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS,
                    batch_size: int = 64) -> list[str]:
     """Greedy chat answers (default chat template, no system prompt), left-padded batches in a fixed order.
 
@@ -148,8 +176,7 @@ def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int =
     from ..generation import generate_left_padded
 
     device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos, pad = answer_token_ids(model, tokenizer)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"] for q in questions]
     was_training = model.training
@@ -157,7 +184,7 @@ def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int =
     answers = []
     try:
         for b in range(0, len(prompts), batch_size):
-            out = generate_left_padded(model, prompts[b:b + batch_size], pad, [eos], device=device,
+            out = generate_left_padded(model, prompts[b:b + batch_size], pad, eos, device=device,
                                        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                                        eos_token_id=eos)
             answers += [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
@@ -167,7 +194,7 @@ def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int =
     return answers
 
 
-def generation_check(model, tokenizer, text_file: str | None = None, max_new_tokens: int = 48,
+def generation_check(model, tokenizer, text_file: str | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
                      questions: list[tuple[str, tuple[str, ...]]] | None = None,
                      reference: dict | None = None) -> dict:
     """Perplexity, greedy answers scored against known answers, and (given a ``reference`` result of the
@@ -191,6 +218,48 @@ def generation_check(model, tokenizer, text_file: str | None = None, max_new_tok
     }
     if reference is not None:
         result.update(compare_to_reference(result, reference))
+    return result
+
+
+def reference_key(model, tokenizer) -> str:
+    """What a reference result depends on: the weights' content (not their path), the check and its questions."""
+    from ..cache import make_key, model_fingerprint
+
+    eos, pad = answer_token_ids(model, tokenizer)
+    return make_key(kind="generation_check", version=CHECK_VERSION, model=model_fingerprint(model, tokenizer),
+                    questions=QUESTIONS, texts=HELD_OUT_TEXT, max_new_tokens=MAX_NEW_TOKENS, eos=eos, pad=pad)[:32]
+
+
+def reference_generation_check(model, tokenizer, cache_dir: str | Path | None = None, refresh: bool = False) -> dict:
+    """The generation check of a reference (starting) model, computed once per weights and kept on disk.
+
+    The trainer's starting model and the benchmarks' base model both come from here, so a base checked by one is
+    read back by the other. The cache file is named by :func:`reference_key` (a moved or renamed checkpoint keeps
+    its entry; changed weights or a changed check do not) under ``cache_dir`` (default
+    ``<GRACE_TRL_CACHE or ~/.cache/grace_trl>/generation_check``). ``refresh`` recomputes and rewrites it.
+    """
+    from ..files import atomic_write
+
+    if cache_dir is None:
+        from ..aliases import cache_dir as grace_cache_dir
+
+        cache_dir = grace_cache_dir() / "generation_check"
+    path = Path(cache_dir) / f"{reference_key(model, tokenizer)}.json"
+    if path.exists() and not refresh:
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cached = None  # unreadable: computed again and rewritten below
+        if isinstance(cached, dict) and [a.get("question") for a in cached.get("answers", [])] == \
+                [q for q, _ in QUESTIONS]:
+            logger.info("generation check of the reference model: read from %s", path)
+            return cached
+    logger.info("generation check of the reference model (%d questions + perplexity, ~1 min on 2 CPU cores)",
+                len(QUESTIONS))
+    result = generation_check(model, tokenizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        f.write(json.dumps(result, ensure_ascii=False, indent=1))
     return result
 
 
