@@ -34,6 +34,16 @@ def test_train_help_is_short_and_lists_grace_fields(capsys):
     assert "`" not in out  # plain text, no markup
 
 
+def test_train_help_shows_each_fields_own_default(capsys):
+    """A True boolean has a --no_<flag> twin whose argparse default is False; the help shows the field's."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("--")}
+    assert lines["--fuse_anchor_generation"].endswith("(default: True)")
+    assert lines["--contrastive_weight"].endswith("(default: 0.0)")
+    assert lines["--learning_rate"].endswith("(default: 1e-06)")
+
+
 def test_both_flag_spellings_and_no_prefix_matching(tmp_path, capsys):
     from grace_trl.commands.export import build_parser
     from grace_trl.commands.train import parse_args

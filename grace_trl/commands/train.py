@@ -58,7 +58,14 @@ def short_help(parser: TrlParser) -> str:
 
     helps = {f.name: f.metadata.get("help", "") for cls in (ScriptArguments, GRACEConfig, ModelConfig)
              for f in dataclasses.fields(cls)}
-    defaults = {a.dest: a.default for a in parser._actions}
+    # from the dataclasses: argparse's --no_<flag> action for a True boolean carries default False
+    defaults = {}
+    for cls in (ScriptArguments, GRACEConfig, ModelConfig):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                defaults[f.name] = f.default_factory()
 
     def line(name: str) -> str:
         text = " ".join(str(helps.get(name, "")).replace("`", "").split())
