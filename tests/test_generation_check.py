@@ -220,3 +220,21 @@ def test_one_reference_cache_keyed_by_the_weights_serves_trainer_and_benchmarks(
     files[0].write_text("{not json")
     again = gc.reference_generation_check(AutoModelForCausalLM.from_pretrained(tiny_model_path), tok)
     assert runs == [1, 1, 1, 1] and again["answers"] == first["answers"]
+
+
+def test_eval_reference_comes_from_the_shared_cache(tiny_model_path, tmp_path, monkeypatch):
+    """`grace-trl eval --generation-check` reads the reference the trainer and benchmarks cached for these weights."""
+    from grace_trl.evaluation import generation_check as gc
+    from grace_trl.evaluation.runner import ModelRun, _generation_check
+
+    monkeypatch.setenv("GRACE_TRL_CACHE", str(tmp_path / "cache"))
+    run = ModelRun("base", tiny_model_path, "sentence-transformers")
+    first = _generation_check(run, None, None, None)
+    assert list((tmp_path / "cache" / "generation_check").glob("*.json")), "the reference was not cached"
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the reference was computed again instead of read from the cache")
+
+    monkeypatch.setattr(gc, "generation_check", fail)
+    again = _generation_check(run, None, None, None)
+    assert again["perplexity"] == first["perplexity"] and again["n_correct"] == first["n_correct"]

@@ -248,8 +248,9 @@ def reference_generation_check(model, tokenizer, cache_dir: str | Path | None = 
     if path.exists() and not refresh:
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            cached = None  # unreadable: computed again and rewritten below
+        except (OSError, ValueError) as exc:
+            logger.warning("generation check cache %s is unreadable (%s); computing it again", path, exc)
+            cached = None
         if isinstance(cached, dict) and [a.get("question") for a in cached.get("answers", [])] == \
                 [q for q, _ in QUESTIONS]:
             logger.info("generation check of the reference model: read from %s", path)

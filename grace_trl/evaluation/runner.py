@@ -289,10 +289,12 @@ def sts_samples(encoder, args, max_new_tokens: int, **prompt_kwargs) -> list[dic
 
 
 def _generation_check(run: ModelRun, encoder, args, reference: dict | None = None) -> dict:
-    from .generation_check import generation_check, generation_kept
+    """The first model checked is the reference (cached per weights, shared with the trainer and benchmarks)."""
+    from .generation_check import generation_check, generation_kept, reference_generation_check
 
+    note = None
     if encoder is not None:
-        res = generation_check(encoder.model, encoder.tokenizer, reference=reference)
+        model, tok = encoder.model, encoder.tokenizer
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -300,8 +302,13 @@ def _generation_check(run: ModelRun, encoder, args, reference: dict | None = Non
         # (SmolLM2) regain their LM head on load, others get a freshly initialised one (reported as such).
         tok = AutoTokenizer.from_pretrained(run.path)
         model = AutoModelForCausalLM.from_pretrained(run.path)
+        note = "loaded from the sentence-transformers backbone"
+    if reference is None:
+        res = dict(reference_generation_check(model, tok))
+    else:
         res = generation_check(model, tok, reference=reference)
-        res["note"] = "loaded from the sentence-transformers backbone"
+    if note:
+        res["note"] = note
     if reference is not None:
         res["kept"] = generation_kept(res)
     return res
