@@ -39,7 +39,7 @@ ROWS = [
      "sts": ("sts_test_hybrid.json", "grace"), "transfer": ("transfer_hybrid.json", "grace"),
      "gen": ("recipe_search.csv", "hybrid_16"), "dev": ("recipe_search.csv", "hybrid_16")},
     {"name": "InfoNCE only (no policy gradient)", "recipe": "`hybrid_cpu.yaml` + `tau=1e6 truncation_penalty=0`",
-     "training": "25 updates × 8 rollouts, 8 min budget", "sts": None, "transfer": None,
+     "training": "dev: 25 updates × 8 (8-min search row); generation check: a 16-update re-run", "sts": None, "transfer": None,
      "gen": ("recipe_search.csv", "infonce_only_16"), "dev": ("recipe_search.csv", "spg4_lr2e5_cl1_noRL")},
     {"name": "CL baseline, tuned on dev (lr 2e-4)", "recipe": "`cl_cpu.yaml` + `learning_rate=2e-4`",
      "training": "", "sts": ("sts_test_cl_tuned.json", "grace"), "transfer": None, "gen": ("cl_search.csv", None),
