@@ -45,6 +45,13 @@ def _weights_stamp(path: str) -> list:
     return sorted([f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in folder.glob("*.safetensors"))
 
 
+def cached_row_path(rows_cache: str, path: str, *settings) -> Path:
+    """Where one model's per-item scores under ``settings`` are kept: named by the model folder, its weight files
+    and everything that decides the scores, so a retrained checkpoint or another sample is another row."""
+    ident = json.dumps([os.path.abspath(path) if os.path.isdir(path) else path, _weights_stamp(path), *settings])
+    return Path(rows_cache) / (hashlib.sha256(ident.encode()).hexdigest()[:24] + ".json")
+
+
 def main(argv=None) -> int:
     from grace_trl.evaluation.tasks import load_sts_benchmark
     from grace_trl.settings import GRACESettings
@@ -95,9 +102,8 @@ def main(argv=None) -> int:
     for label, path in models:
         for use_rationale in ((False,) if label == "grace" and args.no_rationale_only else (False, True)):
             key = f"{label}, {'rationale' if use_rationale else 'no rationale'}"
-            ident = json.dumps([os.path.abspath(path) if os.path.isdir(path) else path, _weights_stamp(path),
-                                settings.system_prompt, settings.max_new_tokens, use_rationale, pairs])
-            cached = Path(args.rows_cache) / (hashlib.sha256(ident.encode()).hexdigest()[:24] + ".json")
+            cached = cached_row_path(args.rows_cache, path, settings.system_prompt, settings.max_new_tokens,
+                                     use_rationale, pairs)
             if cached.exists():
                 entry = json.loads(cached.read_text())
                 cos[key], rows[key] = np.array(entry["cosines"]), entry["row"]

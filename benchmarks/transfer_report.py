@@ -19,7 +19,6 @@ Intervals: ``scipy.stats.bootstrap(paired=True)`` over queries / test examples o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -34,7 +33,7 @@ from scipy.stats import bootstrap
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sts_test_report import _weights_stamp  # noqa: E402  (a retrained checkpoint in the same folder is another row)
+from sts_test_report import cached_row_path  # noqa: E402
 
 
 def encode(path: str, texts: list[str], use_rationale: bool, settings, cache_dir: str, batch_size: int):
@@ -133,10 +132,8 @@ def main(argv=None) -> int:
     for label, path in (("base", args.base), ("grace", args.grace)):
         for use_rationale in (False, True):
             key = f"{label}, {'rationale' if use_rationale else 'no rationale'}"
-            ident = json.dumps([os.path.abspath(path) if os.path.isdir(path) else path, _weights_stamp(path),
-                                settings.system_prompt, settings.max_new_tokens, use_rationale, texts,
-                                [y for _, y in train], [y for _, y in test]])
-            cached = Path(args.rows_cache) / (hashlib.sha256(ident.encode()).hexdigest()[:24] + ".json")
+            cached = cached_row_path(args.rows_cache, path, settings.system_prompt, settings.max_new_tokens,
+                                     use_rationale, texts, [y for _, y in train], [y for _, y in test])
             if cached.exists():
                 entry = json.loads(cached.read_text())
                 per_item[key] = (np.array(entry["scifact"]), np.array(entry["banking77"]))
