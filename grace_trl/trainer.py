@@ -811,9 +811,10 @@ class GRACETrainer(GRPOTrainer):
         gen, gen_score, ev = t["generation_seconds"], t["generation_and_scoring_seconds"], t["evaluation_seconds"]
         parts = {"generation": gen, "scoring": gen_score - gen, "evaluation": ev, "training": seconds - gen_score - ev}
         report = {
-            "run_seconds": round(seconds, 1), "rollouts": t["rollouts"],
+            # 0.01 s: a run of a few seconds rounded to 0.1 s would misstate its own rate by over 1%
+            "run_seconds": round(seconds, 2), "rollouts": t["rollouts"],
             "rollouts_per_minute": round(60 * t["rollouts"] / seconds, 2) if seconds > 0 else None,
-            "seconds": {k: round(v, 1) for k, v in parts.items()},
+            "seconds": {k: round(v, 2) for k, v in parts.items()},
             # from the unrounded seconds, so the shares add up to 1 even for a run of a few seconds
             "share": {k: round(v / seconds, 3) for k, v in parts.items()} if seconds > 0 else {},
         }
