@@ -40,3 +40,17 @@ def run_on_main_process(fn: Callable[[], Any]) -> Any:
             raise error
         raise RuntimeError(f"the main process failed ({' '.join(failure.split())})")
     return result
+
+
+def close_process_group(barrier: bool = False) -> None:
+    """Drop the process group, so no rank exits with it open: a gloo rank can abort in teardown then
+    ("terminate called without an active exception"), turning a finished run into a failed exit status.
+
+    ``barrier`` makes the ranks meet first; a finished ``Trainer`` run needs none (its ranks already met).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()

@@ -52,6 +52,23 @@ def test_a_failure_on_the_main_process_is_raised_on_every_rank(tmp_path):
     assert _two_ranks(result_worker, tmp_path) == [{"spearman": 0.5, "rank": 0}] * 2
 
 
+def test_close_process_group_leaves_no_group_open_and_is_safe_to_repeat(tmp_path):
+    import torch.distributed as dist
+
+    from grace_trl.distributed import close_process_group
+
+    close_process_group()  # no group: nothing to do
+    for barrier in (False, True):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{barrier}'}", rank=0, world_size=1)
+        try:
+            assert dist.is_initialized()
+            close_process_group(barrier=barrier)
+            assert not dist.is_initialized()
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
 def test_progress_bar_counts_the_time_budget_not_max_steps():
     from transformers import TrainerControl, TrainerState, TrainingArguments
 

@@ -15,6 +15,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from ..aliases import resolve_model_name
 from ..config import GRACEConfig
 from ..data import SAMPLE_DATASETS, load_grace_dataset
+from ..distributed import close_process_group
 
 logger = logging.getLogger("grace_trl")
 
@@ -300,17 +301,8 @@ def main(argv=None) -> int:
             return 0
     script_args, training_args, model_args = parse_args(argv)
     run(script_args, training_args, model_args)
-    _close_process_group()
+    close_process_group()
     return 0
-
-
-def _close_process_group() -> None:
-    """After a finished distributed run every rank drops its process group, so none exits with it open
-    (a gloo rank can abort in teardown then, turning a finished run into a failed exit status)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -6,15 +6,7 @@ import json
 import os
 from pathlib import Path
 
-
-def _close_group():
-    """Both ranks meet, then drop the gloo group: a process that exits with the group still open can
-    abort in gloo's teardown ("terminate called without an active exception") while its peer closes."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+from grace_trl.distributed import close_process_group
 
 
 def _init(rank: int, port: int):
@@ -42,7 +34,7 @@ def budget_worker(rank: int, port: int, out: str, spent_before: list[float]):
     control = budget.on_step_end(args, state, control)
     Path(out, f"rank{rank}.json").write_text(json.dumps({"stop": control.should_training_stop,
                                                           "save": control.should_save}))
-    _close_group()
+    close_process_group(barrier=True)
 
 
 def failing_main_worker(rank: int, port: int, out: str):
@@ -60,7 +52,7 @@ def failing_main_worker(rank: int, port: int, out: str):
     except Exception as err:
         outcome = f"{type(err).__name__}: {err}"
     Path(out, f"rank{rank}.json").write_text(json.dumps(outcome))
-    _close_group()
+    close_process_group(barrier=True)
 
 
 def result_worker(rank: int, port: int, out: str):
@@ -69,4 +61,4 @@ def result_worker(rank: int, port: int, out: str):
     state = _init(rank, port)
     result = run_on_main_process(lambda: {"spearman": 0.5, "rank": state.process_index})
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
-    _close_group()
+    close_process_group(barrier=True)
