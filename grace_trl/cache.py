@@ -50,6 +50,11 @@ def model_fingerprint(model, tokenizer=None) -> str:
 
     import torch
 
+    base = _base_of_noop_adapter(model)
+    if base is not None:
+        model, state = base
+    else:
+        state = model.state_dict()
     h = hashlib.sha256()
     h.update(type(model).__name__.encode())
     config = getattr(model, "config", None)
@@ -59,7 +64,7 @@ def model_fingerprint(model, tokenizer=None) -> str:
             data.pop(key, None)
         h.update(json.dumps(data, sort_keys=True, default=str).encode())
     with torch.no_grad():
-        for name, tensor in sorted(model.state_dict().items()):
+        for name, tensor in sorted(state.items()):
             h.update(name.encode())
             h.update(str(tuple(tensor.shape)).encode())
             h.update(str(tensor.dtype).encode())
@@ -73,6 +78,34 @@ def model_fingerprint(model, tokenizer=None) -> str:
         if vocab is not None:
             h.update(json.dumps(sorted(vocab().items())).encode())
     return h.hexdigest()
+
+
+def _base_of_noop_adapter(model):
+    """The base model and its plain state dict when ``model`` is a LoRA-wrapped model whose adapters change nothing.
+
+    A fresh LoRA adapter starts with every ``lora_B`` at zero, so the wrapped model computes exactly what the base
+    model does; keying it as the base model lets a LoRA run reuse the base model's cached dev evaluation and
+    generation check. Any other adapter (a trained ``lora_B``, ``modules_to_save``, other PEFT methods) returns
+    None and is hashed as it is.
+    """
+    import torch
+
+    if not getattr(model, "peft_config", None) or not hasattr(model, "get_base_model"):
+        return None
+    base = model.get_base_model()
+    plain = {}
+    with torch.no_grad():
+        for name, tensor in base.state_dict().items():
+            if ".lora_A." in name or ".lora_embedding_A." in name:
+                continue
+            if ".lora_B." in name or ".lora_embedding_B." in name:
+                if torch.count_nonzero(tensor):
+                    return None
+                continue
+            if "lora_" in name or "modules_to_save" in name or "original_module" in name:
+                return None  # an adapter part this rule does not know: hash the wrapped model as it is
+            plain[name.replace(".base_layer.", ".")] = tensor
+    return base, plain
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,30 @@ def test_model_fingerprint_tracks_weights(tiny_model_path):
     assert model_fingerprint(model) != fp
 
 
+def test_fresh_lora_adapter_keeps_the_base_fingerprint_and_a_trained_one_changes_it(tiny_model_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    fp = model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_path))
+    wrapped = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                             LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    assert model_fingerprint(wrapped) == fp  # every lora_B is zero: the same function as the base model
+    with torch.no_grad():
+        wrapped.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.view(-1)[0] += 1e-3
+    assert model_fingerprint(wrapped) != fp
+
+
+def test_lora_adapter_with_modules_to_save_is_hashed_as_it_is(tiny_model_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    fp = model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_path))
+    wrapped = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                             LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    assert model_fingerprint(wrapped) != fp
+
+
 def test_settings_save_failure_leaves_no_file(tmp_path):
     from grace_trl.settings import GRACESettings
 
