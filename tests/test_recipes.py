@@ -56,12 +56,12 @@ def test_every_recipe_names_its_entry_point():
     assert len(RECIPES) >= 13
 
 
-@pytest.mark.parametrize("name", ["sup_cpu.yaml", "sup_gpu.yaml"])
+@pytest.mark.parametrize("name", ["sup_cpu.yaml", "sup_full_cpu.yaml", "sup_gpu.yaml"])
 def test_default_recipes_are_pure_grace_on_the_committed_triples_with_dev_and_generation_checks(name):
     from grace_trl.commands.train import parse_args
     from grace_trl.data import SAMPLE_DATASETS
 
-    script, t, _ = parse_args(["--config", str(SMOLLM2 / name), "--use_cpu", "true"])
+    script, t, m = parse_args(["--config", str(SMOLLM2 / name), "--use_cpu", "true"])
     assert t.contrastive_weight == 0.0 and t.beta == 0.0  # the paper's method: no InfoNCE term
     assert script.dataset_name == "snli-triples" and script.dataset_name in SAMPLE_DATASETS
     assert t.embedding_evaluator and t.eval_on_start and 0 < t.max_train_minutes <= (45 if "cpu" in name else 10)
@@ -69,9 +69,15 @@ def test_default_recipes_are_pure_grace_on_the_committed_triples_with_dev_and_ge
     assert rollouts_per_update % t.num_generations == 0
     assert t.steps_per_generation % t.gradient_accumulation_steps == 0  # whole updates per rollout batch
     updates_per_generation = t.steps_per_generation // t.gradient_accumulation_steps
-    if "cpu" in name:  # the measured default (README): 17 updates of 32, 2 per rollout batch of 64; RSS <= 6 GB
+    if "cpu" in name:  # the measured CPU runs (README): updates of 32, 2 per rollout batch of 64; RSS <= 6 GB
         assert t.generation_check and rollouts_per_update == 32 and t.per_device_train_batch_size <= 8
-        assert updates_per_generation == 2 and t.max_steps == 17
+        assert updates_per_generation == 2
+        if name == "sup_cpu.yaml":  # the default: LoRA, 16 updates, dev scores at 0 and 16 only
+            assert m.use_peft and m.lora_r == 16 and m.lora_target_modules == "all-linear" and t.learning_rate == 1e-4
+            assert t.max_steps == 16 and t.eval_steps == 16 and t.output_dir.endswith("smollm2-135m-grace-sup")
+        else:  # full fine-tuning, 17 updates
+            assert not m.use_peft and t.learning_rate == 2e-5 and t.max_steps == 17
+            assert t.output_dir.endswith("smollm2-135m-grace-sup-full")
     else:  # the reference's 4 updates per generation
         assert t.bf16 and rollouts_per_update == 128 and t.num_generations == 8 and updates_per_generation == 4
 
