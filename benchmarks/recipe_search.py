@@ -38,8 +38,9 @@ CACHE = ROOT / "outputs" / "rationale_cache"
 
 # name -> (recipe, overrides). Overrides are CLI flags of ``grace-trl train``, on top of the recipe file *as it is
 # now*. hybrid_cpu.yaml is the earlier CPU default (GRACE + InfoNCE, lr 2e-5, steps_per_generation 4,
-# contrastive_weight 1.0, 300 triples); sup_full_cpu.yaml is pure GRACE (full fine-tuning) on the 6,337 SNLI triples. Rows that predate
-# a recipe's current values spell out the values they used; the results table keeps each row's overrides as run.
+# contrastive_weight 1.0, 300 triples); sup_full_cpu.yaml is pure GRACE (full fine-tuning) on the 6,337 SNLI
+# triples (the LoRA default sup_cpu.yaml came later). Rows that predate a recipe's current values spell out the
+# values they used; the results table keeps each row's overrides as run.
 PRE_SEARCH = {"steps_per_generation": 1, "learning_rate": 5e-6, "contrastive_weight": 0.0}
 RL_ONLY = {"steps_per_generation": 4, "learning_rate": 2e-5, "contrastive_weight": 0.0}
 CONFIGS: dict[str, tuple[str, dict]] = {
@@ -77,8 +78,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "pure_b16_len32": ("sup_full_cpu.yaml", {"max_completion_length": 32}),
     "pure_b16_paper": ("sup_full_cpu.yaml", {"reward_variant": "paper"}),
     "pure_b16_beta": ("sup_full_cpu.yaml", {"beta": 0.04}),
-    "pure_b16_lora_lr2e4": ("sup_full_cpu.yaml", {"learning_rate": 2e-4, "use_peft": True, "lora_r": 16, "lora_alpha": 32,
-                                             "lora_target_modules": "all-linear"}),
+    "pure_b16_lora_lr2e4": ("sup_full_cpu.yaml", {"learning_rate": 2e-4, "use_peft": True, "lora_r": 16,
+                                                  "lora_alpha": 32, "lora_target_modules": "all-linear"}),
     # unsupervised (300 committed sentences)
     "unsup_spg4_lr2e5": ("unsup_cpu.yaml", {"steps_per_generation": 4, "learning_rate": 2e-5}),
 }
@@ -132,7 +133,8 @@ def write_tables(rows: list[dict]) -> None:
           "Spearman x100 of cosine vs gold; rationale length in tokens; truncation = share of dev rationales "
           "cut at the length limit. Budget = wall clock on the shared 2-core machine (other jobs were running). "
           "Each row names its recipe file and spells out every override against that file as it is now "
-          "(`hybrid_cpu.yaml`: the earlier CPU default, GRACE + InfoNCE on 300 triples; `sup_full_cpu.yaml`: pure GRACE, full fine-tuning, "
+          "(`hybrid_cpu.yaml`: the earlier CPU default, GRACE + InfoNCE on 300 triples; `sup_full_cpu.yaml`: pure "
+          "GRACE, full fine-tuning, "
           "on 6,337 triples; `default` is the recipe as it stood before the first search). "
           "Dev evaluations during training are off unless the overrides say otherwise. "
           "`tau=1e6 truncation_penalty=0` makes every reward ~0 (no policy-gradient signal): the InfoNCE term alone. "
