@@ -61,6 +61,34 @@ def test_the_untrained_policy_is_evaluated_from_the_cache_on_a_second_run(tmp_pa
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == entries
 
 
+def test_a_lora_run_reads_the_base_models_step0_evaluation_and_generation_check_from_the_cache(
+        tmp_path, tiny_model_path, monkeypatch):
+    from peft import LoraConfig
+
+    monkeypatch.setenv("GRACE_TRL_CACHE", str(tmp_path / "cache"))
+    cache = tmp_path / "rationales"
+
+    def run(name, **kw):
+        args = config(tmp_path / name, max_steps=1, embedding_evaluator="sts-dev-sample", embedding_eval_limit=4,
+                      eval_strategy="steps", eval_steps=1, eval_on_start=True, embedding_eval_cache_dir=str(cache),
+                      generation_check=True)
+        trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8), **kw)
+        trainer.train()
+        return [h for h in trainer.state.log_history if "eval_sts_spearman" in h]
+
+    def entries():
+        return sorted(str(p) for p in [*cache.rglob("*"), *(tmp_path / "cache").rglob("*")] if p.is_file())
+
+    full = run("full")
+    before = entries()
+    lora = run("lora", peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    # the fresh adapter is the base model's function: step 0 and the reference check come from the cache
+    assert lora[0]["step"] == 0 and lora[0]["eval_sts_spearman"] == pytest.approx(full[0]["eval_sts_spearman"])
+    assert entries() == before
+    with open(tmp_path / "lora" / "generation_check.json") as f:
+        assert json.load(f)["reference"]["perplexity"] is not None
+
+
 def test_eval_cache_can_be_switched_off(tmp_path, tiny_model_path):
     args = config(tmp_path / "out", embedding_evaluator="sts-dev-sample", embedding_eval_cache_dir="none")
     trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8))
