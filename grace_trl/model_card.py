@@ -38,7 +38,7 @@ TEMPLATE = """---
 
 {% if base_model %}This model is a fine-tuned version of [{{ base_model }}](https://huggingface.co/{{ base_model }}){% else %}This model{% endif %}{% if dataset_name %} on the [{{ dataset_name }}](https://huggingface.co/datasets/{{ dataset_name }}) dataset{% endif %}, trained as a text embedder with **GRACE** ([{{ paper_title }}](https://huggingface.co/papers/{{ paper_id }})) using grace_trl on top of [TRL](https://github.com/huggingface/trl).
 {% if base_weights_note %}{{ base_weights_note }}
-{% endif %}The model writes a short rationale about a text; {{ pooling_text }}, L2-normalised, is the embedding. The weights are an ordinary causal LM, so the same folder also generates rationales with transformers or vLLM.
+{% endif %}The model writes a short rationale about a text; {{ pooling_text }}, L2-normalised, is the embedding. {% if lora %}The folder holds a LoRA adapter on the base model: `GRACEEncoder` and the sentence-transformers module below merge it into the base weights when they load, and `grace-trl export --checkpoint <this folder> --output <new folder>` writes the merged causal LM that transformers and vLLM load directly.{% else %}The weights are an ordinary causal LM, so the same folder also generates rationales with transformers or vLLM.{% endif %}
 
 ## Install
 
@@ -177,13 +177,13 @@ def build_model_card(model_id: str, settings: GRACESettings, model_name: str | N
                      results: Mapping[str, Mapping[str, float]] | Sequence[Any] | None = None,
                      training: Mapping[str, Any] | None = None, tags: list[str] | None = None,
                      wandb_url: str | None = None, trackio_url: str | None = None, comet_url: str | None = None,
-                     base_weights_note: str | None = None, local_folder: bool = False):
+                     base_weights_note: str | None = None, local_folder: bool = False, lora: bool = False):
     """A :class:`huggingface_hub.ModelCard` with a model-index of ``results``.
 
     ``results``: ``huggingface_hub.EvalResult`` objects, or ``{mteb task: {metric: value}}`` of full official runs
     (see :func:`mteb_eval_results`). ``model_id`` is what the snippets load: a Hub id, or with ``local_folder``
     a folder name the card says stands for the folder's path (a local card names no path of the machine
-    that wrote it).
+    that wrote it). ``lora``: the folder is a LoRA adapter (the card says how to merge it).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -201,7 +201,7 @@ def build_model_card(model_id: str, settings: GRACESettings, model_name: str | N
         if bad:
             raise ValueError(f"results must be huggingface_hub.EvalResult objects or a {{task: {{metric: value}}}} "
                              f"mapping, got {type(bad[0]).__name__}")
-    all_tags = list(dict.fromkeys([*TAGS, *(tags or [])]))
+    all_tags = list(dict.fromkeys([*TAGS, *(["lora", "peft"] if lora else []), *(tags or [])]))
     card_data = ModelCardData(base_model=base_model, datasets=[dataset_name] if dataset_name else None,
                               license=license, library_name="sentence-transformers", model_name=name,
                               pipeline_tag="sentence-similarity", tags=all_tags, eval_results=eval_results or None)
@@ -211,7 +211,7 @@ def build_model_card(model_id: str, settings: GRACESettings, model_name: str | N
         dataset_name=dataset_name, paper_title=PAPER["title"], paper_id=PAPER["id"], citation=PAPER["citation"],
         settings=[(k, escape_markdown(v)) for k, v in vars(settings).items()],
         training=[(escape_markdown(k), escape_markdown(v)) for k, v in (training or {}).items()],
-        results=_results_rows(eval_results), base_weights_note=base_weights_note, local_folder=local_folder,
+        results=_results_rows(eval_results), base_weights_note=base_weights_note, local_folder=local_folder, lora=lora,
         pooling_text=POOLING_TEXT[settings.pooling],
         sentence_transformers=settings.pooling in SENTENCE_TRANSFORMERS_POOLING,
         versions=_versions(), wandb_url=wandb_url, trackio_url=trackio_url, comet_url=comet_url)

@@ -49,6 +49,27 @@ def test_trainer_card_names_the_base_model_and_grace(tmp_path):
     assert "| instruction | Rate \\| compare \\*these\\* |" in text
 
 
+def test_lora_output_keeps_its_card_through_peft_save_and_says_how_to_merge(tmp_path):
+    from peft import LoraConfig
+
+    from grace_trl.trainer import GRACETrainer
+
+    args = GRACEConfig(output_dir=str(tmp_path / "grace-lora"), use_cpu=True, bf16=False, report_to="none",
+                       num_generations=2, per_device_train_batch_size=2, max_completion_length=8)
+    data = Dataset.from_dict({"query": ["q"], "positive": ["p"], "negatives": [["n"]]})
+    trainer = GRACETrainer("smollm2-135m", args=args, train_dataset=data,
+                           peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainer.create_model_card(model_name="grace-lora")
+    trainer.save_model(args.output_dir)  # peft's save_pretrained rewrites an existing README.md's metadata
+    assert os.path.isfile(os.path.join(args.output_dir, "adapter_config.json"))
+    meta, text = _card(os.path.join(args.output_dir, "README.md"))
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # not the local path peft would write
+    assert meta["library_name"] == "sentence-transformers" and {"lora", "peft", "grace"} <= set(meta["tags"])
+    assert str(tmp_path) not in text and os.path.expanduser("~") + "/.cache" not in text
+    assert "LoRA adapter" in text and "grace-trl export --checkpoint" in text
+    assert "ordinary causal LM" not in text
+
+
 def test_push_card_model_index_through_huggingface_hub(tmp_path, tiny_model_path):
     import shutil
 
