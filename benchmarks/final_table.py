@@ -17,30 +17,31 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 # name, recipe, training, STS-B file (+ which of its models), transfer file (+ model), generation check (file, key),
-# or a search row (csv, name) for dev-only figures
+# or a search row (csv, name) for dev-only figures; label: where the plot writes the row's name (default right)
 ROWS = [
     {"name": "base", "recipe": "–", "training": "–",
      "sts": ("sts_test.json", "base"), "transfer": ("transfer_hybrid.json", "base"),
      "gen": ("generation_check.json", "base"), "dev": ("recipe_search.csv", "base (untrained)")},
-    {"name": "pure GRACE, 33 updates of 16",
+    {"name": "pure GRACE, 33 updates of 16", "label": "left",
      "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=33`",
      "training": "33 updates × 16 rollouts (576 generated); 40 min budget, 49 min wall",
      "sts": ("sts_test.json", "grace"), "transfer": None, "gen": ("generation_check.json", "step33")},
-    {"name": "pure GRACE, 33 updates of 16, cosine lr",
+    {"name": "pure GRACE, 33 updates of 16, cosine lr", "label": "above",
      "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=33 lr_scheduler_type=cosine`",
      "training": "33 updates × 16 rollouts (576 generated); 39 min wall on the idle machine",
      "sts": ("sts_test_pure_cosine.json", "grace"), "transfer": None,
      "gen": ("run_pure_33updates_cosine/generation_check.json", None)},
-    {"name": "**pure GRACE, LoRA, 16 updates of 32 (default)**", "recipe": "`sup_cpu.yaml`",
+    {"name": "**pure GRACE, LoRA, 16 updates of 32 (default)**", "label": "above", "recipe": "`sup_cpu.yaml`",
      "training": "16 updates × 32 rollouts (512 generated); 45-min cap on the idle machine (measured run: an extra "
                  "dev evaluation at update 10 and an uncached one at 0, so the cap stopped it at 16 of 17)",
      "sts": ("sts_test_lora_r16.json", "grace"), "transfer": None,
      "gen": ("run_pure_lora_r16/generation_check.json", None)},
-    {"name": "pure GRACE, full fine-tuning, 17 updates of 32", "recipe": "`sup_full_cpu.yaml`",
+    {"name": "pure GRACE, full fine-tuning, 17 updates of 32", "label": "left", "recipe": "`sup_full_cpu.yaml`",
      "training": "17 updates × 32 rollouts (576 generated); 35 min wall on the idle machine",
      "sts": ("sts_test_pure_b32.json", "grace"), "transfer": None,
      "gen": ("run_pure_17updates_b32/generation_check.json", None)},
-    {"name": "pure GRACE, 6 updates", "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=6`",
+    {"name": "pure GRACE, 6 updates", "label": "left",
+     "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=6`",
      "training": "6 updates × 16 (128 generated); 13 min (search row `pure_b16`)",
      "sts": ("sts_test_pure_b16.json", "grace"), "transfer": None, "gen": ("recipe_search.csv", "pure_b16"),
      "dev": ("recipe_search.csv", "pure_b16")},
@@ -52,7 +53,8 @@ ROWS = [
      "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=33 beta=0.04`",
      "training": "33 updates × 16 (576 generated); 71 min wall under load",
      "sts": None, "transfer": None, "gen": ("run_pure_33updates_kl/generation_check.json", None)},
-    {"name": "GRACE + InfoNCE (hybrid)", "recipe": "`hybrid_cpu.yaml`", "training": "16 updates × 8 rollouts",
+    {"name": "GRACE + InfoNCE (hybrid)", "label": "above", "recipe": "`hybrid_cpu.yaml`",
+     "training": "16 updates × 8 rollouts",
      "sts": ("sts_test_hybrid.json", "grace"), "transfer": ("transfer_hybrid.json", "grace"),
      "gen": ("recipe_search.csv", "hybrid_16"), "dev": ("recipe_search.csv", "hybrid_16")},
     {"name": "InfoNCE only (no policy gradient)", "recipe": "`hybrid_cpu.yaml` + `tau=1e6 truncation_penalty=0`",
@@ -168,7 +170,8 @@ def build() -> tuple[str, list[dict]]:
         if best != "not measured" and g is None and row["name"] == "base":
             g = {"lost": 0, "ppl_change": 0.0}
         if best != "not measured" and g is not None:
-            points.append({"name": row["name"], "sts": float(best), "lost": g["lost"], "ppl": g["ppl_change"]})
+            points.append({"name": row["name"], "sts": float(best), "lost": g["lost"], "ppl": g["ppl_change"],
+                           "label": row.get("label", "right")})
     return "\n".join(lines) + "\n", points
 
 
@@ -179,15 +182,19 @@ def plot(points: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    where = {"right": ((5, -4), "left", "top"), "left": ((-6, 0), "right", "center"),
+             "above": ((5, 4), "left", "bottom")}
     for p in points:
-        name = p["name"].replace("*", "")
+        name = p["name"].replace("*", "").replace("pure GRACE, ", "")
         ax.scatter(p["lost"], p["sts"], s=40)
-        ax.annotate(f"{name}\nperplexity {p['ppl']:+.1f}%", (p["lost"], p["sts"]), fontsize=7, xytext=(5, -4),
-                    textcoords="offset points", va="top")
+        offset, ha, va = where[p["label"]]
+        ax.annotate(f"{name}\nperplexity {p['ppl']:+.1f}%", (p["lost"], p["sts"]), fontsize=7, xytext=offset,
+                    textcoords="offset points", ha=ha, va=va)
     ax.axvline(1.5, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("base model's right answers lost (of 37; dashed: the 5% limit)")
     ax.set_ylabel("STS-B test Spearman x100\n(with rationale where measured)")
-    ax.set_title("Embedding gained vs generation kept (SmolLM2-135M, CPU)", fontsize=10)
+    ax.set_title("Embedding gained vs generation kept (SmolLM2-135M, CPU; unnamed rows: pure GRACE)",
+                 fontsize=10)
     ax.set_xlim(-0.5, max(p["lost"] for p in points) + 4)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
