@@ -850,7 +850,7 @@ class GRACETrainer(GRPOTrainer):
         arch = {k: v for k, v in (config.to_dict() if config is not None else {}).items()
                 if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache")}
         model = {"architecture": hashlib.sha256(json.dumps(arch, sort_keys=True, default=str).encode()).hexdigest(),
-                 "lora": bool(getattr(self.model, "peft_config", None))}
+                 "lora": self.uses_lora}
         optimisation = {}
         for key in OPTIMISATION_KEYS:
             value = getattr(self.args, key, None)
@@ -897,6 +897,11 @@ class GRACETrainer(GRPOTrainer):
             self._metrics["train"][key].append(value)
 
     # ---------------------------------------------------------------- saving
+    @property
+    def uses_lora(self) -> bool:
+        """The policy is a peft-wrapped model: what is saved is an adapter."""
+        return bool(getattr(self.model, "peft_config", None))
+
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           tags: str | list[str] | None = None):
         """TRL's card, for an embedder: base model (an alias names its Hub original), GRACE, how to embed."""
@@ -917,7 +922,7 @@ class GRACETrainer(GRPOTrainer):
             model_name=model_name, base_model=base_model, license=license_,
             dataset_name=dataset_name, tags=[*self._tag_names, *tags], training=self._card_training_summary(),
             results=self._card_dev_results(), base_weights_note=base_weights_note(source),
-            local_folder=hub_model_id is None, lora=bool(getattr(self.model, "peft_config", None)),
+            local_folder=hub_model_id is None, lora=self.uses_lora,
             trackio_url=get_trackio_space_url(), comet_url=get_comet_experiment_url())
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
@@ -985,23 +990,21 @@ class GRACETrainer(GRPOTrainer):
         folder = output_dir or self.args.output_dir
         if self.args.should_save and os.path.isdir(folder):
             remove_save_marker(folder)
+        # peft's save_pretrained rewrites README.md's metadata (base_model: the local path the base model was read
+        # from, library_name: peft); the card written for this run already names the Hub base model: keep it
         card_path = os.path.join(folder, "README.md")
         card = None
-        if self.args.should_save and os.path.isfile(card_path):
+        if self.args.should_save and self.uses_lora and os.path.isfile(card_path):
             with open(card_path, encoding="utf-8") as f:
                 card = f.read()
         super().save_model(output_dir, _internal_call)
-        if card is not None and getattr(self.model, "peft_config", None):
-            # peft's save_pretrained rewrites README.md's metadata (base_model: the local path the base model was
-            # read from, library_name: peft); the card written for this run already names the Hub base model
-            from .files import atomic_write
-
-            with atomic_write(card_path, mode="w", encoding="utf-8") as f:
-                f.write(card)
         if self.args.should_save:
             from .files import atomic_write
             from .st_module import SENTENCE_TRANSFORMERS_POOLING, write_sentence_transformers_files
 
+            if card is not None:
+                with atomic_write(card_path, mode="w", encoding="utf-8") as f:
+                    f.write(card)
             settings = self.args.grace_settings()
             settings.save(folder)
             if settings.pooling in SENTENCE_TRANSFORMERS_POOLING:
