@@ -99,6 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--resamples", type=int, default=5000)
     p.add_argument("--rows-cache", default=str(ROOT / "outputs" / "transfer_rows"),
                    help="per-row scores by model, prompt, length and texts, so a base row is embedded once")
+    p.add_argument("--no-rationale-only", action="store_true",
+                   help="score --grace without rationale only (a model trained as a plain encoder, e.g. CL)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "transfer.json"))
     args = p.parse_args(argv)
 
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
 
     rows, per_item = {}, {}
     for label, path in (("base", args.base), ("grace", args.grace)):
-        for use_rationale in (False, True):
+        for use_rationale in ((False,) if label == "grace" and args.no_rationale_only else (False, True)):
             key = f"{label}, {'rationale' if use_rationale else 'no rationale'}"
             cached = cached_row_path(args.rows_cache, path, settings.system_prompt, settings.max_new_tokens,
                                      use_rationale, texts, [y for _, y in train], [y for _, y in test])
@@ -155,7 +157,9 @@ def main(argv=None) -> int:
 
     comparisons = []
     for a, b in (("grace, rationale", "base, rationale"), ("grace, rationale", "base, no rationale"),
-                 ("grace, no rationale", "base, no rationale")):
+                 ("grace, no rationale", "base, no rationale"), ("grace, no rationale", "base, rationale")):
+        if a not in per_item:  # --no-rationale-only
+            continue
         for t, name in enumerate(("scifact_ndcg@10", "banking77_accuracy")):
             scale = 1.0 if t == 0 else 100.0  # nDCG is already x100; correctness is 0/1
             c = {"task": name, "a": a, "b": b, **paired(per_item[a][t], per_item[b][t], scale, args.resamples)}

@@ -314,8 +314,6 @@ class GRACEEncoder:
         if unique:
             if temperature > 0 and seed is not None:
                 torch.manual_seed(seed)
-            if hasattr(self.generator, "show_progress_bar"):
-                self.generator.show_progress_bar = show_progress_bar
             eos = eos_token_ids(self.model, self.tokenizer)
             # Longest prompts first, generated in chunks whose results are cached as soon as they
             # exist: an interrupted run keeps everything finished so far.
@@ -323,9 +321,15 @@ class GRACEEncoder:
             chunk = max(1, int(self.cache_flush_every)) if use_cache else len(reps)
             progress = self.on_rationales_generated
             first = getattr(self.generator, "batch_size", None) if progress is not None else None
+            bounds = chunk_bounds(len(reps), chunk, first)
+            # Several chunks share one bar over all texts, instead of a new bar per chunk.
+            if hasattr(self.generator, "show_progress_bar"):
+                self.generator.show_progress_bar = show_progress_bar and len(bounds) == 1
+            bar = tqdm(total=len(reps), desc="rationales", unit="text",
+                       disable=not show_progress_bar or len(bounds) == 1)
             by_prompt = {}
             seconds = 0.0
-            for start, end in chunk_bounds(len(reps), chunk, first):
+            for start, end in bounds:
                 part = reps[start:end]
                 began = time.perf_counter()
                 generated = self.generator.generate([prompts[i] for i in part], max_new_tokens, temperature)
@@ -339,8 +343,10 @@ class GRACEEncoder:
                     if use_cache:
                         self.cache.put(keys[i], CachedRationale(ids, text, truncated),
                                        meta={"model": str(self.name_or_path), "max_new_tokens": max_new_tokens})
+                bar.update(end - start)
                 if progress is not None:
                     progress(end, len(reps), len(texts), seconds)
+            bar.close()
             for i in todo:
                 ids, text, truncated = by_prompt[tuple(prompts[i])]
                 results[i] = Rationale(text, ids, truncated)

@@ -157,6 +157,16 @@ def test_cache_skips_generation_and_recovers(tiny_model_path, tmp_path):
     np.testing.assert_allclose(a, c, atol=1e-6)
 
 
+def test_one_progress_bar_over_all_chunks(tiny_model_path, tmp_path, capsys):
+    enc = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu", cache_dir=tmp_path / "c")
+    enc.cache_flush_every = 2
+    enc.encode([f"sentence number {i} about dogs" for i in range(5)], max_new_tokens=3, batch_size=2)
+    err = capsys.readouterr().err
+    # 3 chunks (2 + 2 + 1) report into one bar counting texts, not a fresh 1-batch bar per chunk
+    assert "rationales: 100%" in err and "5/5" in err
+    assert "1/1" not in err and "batch" not in err
+
+
 def test_progress_reports_a_first_generation_batch_then_the_usual_chunks(tiny_model_path, tmp_path):
     enc = GRACEEncoder.from_pretrained(tiny_model_path, device="cpu", cache_dir=tmp_path / "c")
     texts = [f"sentence number {i} about cats" for i in range(7)]
