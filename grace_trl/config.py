@@ -83,6 +83,13 @@ class GRACEConfig(GRPOConfig):
             instead of two), at `anchor_temperature` per row. HF generation only (vLLM keeps its own anchor
             request). `top_p`/`top_k`/`min_p` filter the anchor rows at the anchor temperature (transformers applies
             the per-row temperature before its sampling filters), as a separate anchor decode (`False`) does.
+        merge_lora_for_generation (`bool`, *optional*, defaults to `True`):
+            With a LoRA policy (`use_peft`), decode rollouts, anchors and dev-evaluation rationales, and pool the
+            reward's embeddings, through the adapter merged into the base weights; the frozen weights are restored
+            bit for bit afterwards. Faster on CPU (the unmerged adapter adds two matmuls per linear layer per
+            decoded token), and LoRA dropout is then off while sampling, as it is for a full fine-tuning policy
+            (`lora_dropout` still applies to the loss). HF generation without DeepSpeed or FSDP only; vLLM syncs
+            merged weights itself.
         contrastive_weight (`float`, *optional*, defaults to `0.0`):
             Weight of an auxiliary InfoNCE term on the rollouts' pooled hidden states, computed in the policy
             loss forward (no extra pass): each rollout of the positive document is pulled towards its group's
@@ -148,6 +155,8 @@ class GRACEConfig(GRPOConfig):
     num_sample_rationales: int = field(default=2, metadata={"help": "Sample rationales logged per logging step."})
     fuse_anchor_generation: bool = field(default=True, metadata={
         "help": "Sample anchors in the rollouts' generate call (HF generation)."})
+    merge_lora_for_generation: bool = field(default=True, metadata={
+        "help": "LoRA: decode and pool through the merged adapter (weights restored after)."})
     contrastive_weight: float = field(default=0.0, metadata={
         "help": "Weight of the auxiliary InfoNCE term on rollouts' pooled hidden states (0 = pure GRACE)."})
     contrastive_temperature: float = field(default=0.05, metadata={"help": "Temperature of the InfoNCE term."})

@@ -84,6 +84,43 @@ def ignoring_model_generation_config(model) -> Iterator[None]:
         target.generation_config = saved
 
 
+@contextmanager
+def lora_merged(model, enabled: bool = True) -> Iterator[bool]:
+    """Decode through LoRA weights merged into the base layers, then restore the base weights bit for bit.
+
+    An unmerged adapter runs its two small matmuls beside every linear layer at every decoded token
+    (about 1.5x the decode time of the merged model on CPU). ``merge_adapter``/``unmerge_adapter`` alone would
+    leave rounding residue in the frozen weights after each cycle, so the weights are copied first and put
+    back. Yields whether it merged: not for a model without an adapter, one already merged or with its adapters
+    disabled, or when ``enabled`` is false. The caller must not use it on partitioned weights (DeepSpeed ZeRO-3, FSDP).
+    """
+    import torch
+
+    layers = []
+    if enabled and getattr(model, "peft_config", None) and hasattr(model, "merge_adapter"):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers or any(m.merged or m.disable_adapters for m in layers):
+        yield False
+        return
+    saved = []
+    for m in layers:
+        base = m.get_base_layer()
+        for name in ("weight", "bias"):
+            t = getattr(base, name, None)
+            if isinstance(t, torch.Tensor):
+                saved.append((t, t.detach().clone()))
+    model.merge_adapter()
+    try:
+        yield True
+    finally:
+        model.unmerge_adapter()
+        with torch.no_grad():
+            for t, copy in saved:
+                t.copy_(copy)
+
+
 def generate_left_padded(model, prompt_ids: Sequence[Sequence[int]], pad_id: int, eos_ids: Sequence[int],
                          device=None, **generate_kwargs) -> list[list[int]]:
     """Left-pad the prompts, ``model.generate`` under GRACE's decoding rules only, cut each row after its first EOS.

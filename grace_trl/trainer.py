@@ -49,7 +49,13 @@ from .checks import (
 )
 from .config import GRACEConfig
 from .data import add_prompts, check_embeddable, check_prompt_column, validate_dataset
-from .generation import eos_token_ids, generate_left_padded, ignoring_model_generation_config, pad_token_id
+from .generation import (
+    eos_token_ids,
+    generate_left_padded,
+    ignoring_model_generation_config,
+    lora_merged,
+    pad_token_id,
+)
 from .model_card import PAPER
 from .pooling import embed_token_sequences, get_backbone, masked_mean, pool_span
 from .prompts import PromptEncoder
@@ -284,6 +290,12 @@ class GRACETrainer(GRPOTrainer):
         return generate_left_padded(model, prompt_ids, self._grace_pad_id(), self._grace_eos_ids,
                                     device=self.accelerator.device, generation_config=config)
 
+    def _lora_merged(self, unwrapped):
+        """``merge_lora_for_generation`` where the weights are whole on this process (no DeepSpeed, no FSDP)."""
+        enabled = (self.args.merge_lora_for_generation and not self.is_deepspeed_enabled
+                   and not self.is_fsdp_enabled)
+        return lora_merged(unwrapped, enabled)
+
     def _grace_pad_id(self) -> int:
         return pad_token_id(self.grace_tokenizer, self._grace_eos_ids)
 
@@ -352,7 +364,7 @@ class GRACETrainer(GRPOTrainer):
             gather_deepspeed3_params=self.args.ds3_gather_for_generation,
             generation_kwargs=getattr(self, "generation_kwargs", None),  # as TRL's rollouts pass them
             gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-        ) as unwrapped, torch.no_grad():
+        ) as unwrapped, torch.no_grad(), self._lora_merged(unwrapped):
             if anchor_completions is None:
                 anchor_completions = self._generate_anchor_completions(unwrapped, anchor_prompt_ids)
             for enc, comp in zip(anchor_enc, anchor_completions):
@@ -433,7 +445,9 @@ class GRACETrainer(GRPOTrainer):
         if not self._can_fuse_anchors(images, multimodal_fields):
             # TRL's HF generate would fill unset fields from the checkpoint's generation_config; the fused
             # path, the anchors and vLLM decode under the trainer's settings only
-            with ignoring_model_generation_config(self.accelerator.unwrap_model(self.model)):
+            policy = self.accelerator.unwrap_model(self.model)
+            hf_generate = not self.use_vllm and not self.use_transformers_continuous_batching
+            with ignoring_model_generation_config(policy), self._lora_merged(policy if hf_generate else None):
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                      has_tool_images)
         start = time.perf_counter()
@@ -450,6 +464,7 @@ class GRACETrainer(GRPOTrainer):
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped,
             torch.no_grad(),
+            self._lora_merged(unwrapped),
         ):
             completions = generate_left_padded(
                 unwrapped, all_ids, self._grace_pad_id(), self._grace_eos_ids, device=self.accelerator.device,
@@ -565,6 +580,7 @@ class GRACETrainer(GRPOTrainer):
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped,
             torch.no_grad(),
+            self._lora_merged(unwrapped),
         ):
             def evaluate_on_main():
                 was_training = unwrapped.training

@@ -61,3 +61,54 @@ def test_vllm_generator_implements_the_generator_interface():
     assert list(vllm)[: len(protocol)] == list(protocol)
     assert all(vllm[name].default == p.default for name, p in protocol.items())
     assert VLLMRationaleGenerator.name == "vllm" and HFRationaleGenerator.name == "hf"
+
+
+def _lora_policy(tiny_model_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    # init_lora_weights=False: random B, so the adapter changes the function (a fresh one would not)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                            lora_dropout=0.0, init_lora_weights=False))
+
+
+def _base_state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" not in k}
+
+
+def test_lora_merged_computes_the_adapters_function_and_restores_the_base_weights_bit_for_bit(tiny_model_path):
+    import pytest
+    import torch
+
+    from grace_trl.generation import lora_merged
+
+    model = _lora_policy(tiny_model_path).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    before = _base_state(model)
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+            with lora_merged(model) as merged:  # adapters disabled: nothing to merge
+                assert not merged
+        with lora_merged(model) as merged:
+            assert merged
+            merged_logits = model(input_ids=ids).logits
+            assert any(not torch.equal(v, before[k]) for k, v in _base_state(model).items())
+    assert not torch.allclose(unmerged, base, atol=1e-3)  # the adapter matters ...
+    torch.testing.assert_close(merged_logits, unmerged, atol=1e-5, rtol=1e-5)  # ... and merged is the same function
+    after = _base_state(model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, unmerged)
+    # an exception inside still restores; disabled or plain models are left alone
+    with pytest.raises(RuntimeError, match="boom"), lora_merged(model):
+        raise RuntimeError("boom")
+    assert all(torch.equal(v, before[k]) for k, v in _base_state(model).items())
+    with lora_merged(model, enabled=False) as merged:
+        assert not merged
+    with lora_merged(model.get_base_model()) as merged:
+        assert not merged

@@ -154,3 +154,38 @@ def test_the_first_evaluation_logs_how_long_it_will_take(tmp_path, tiny_model_pa
     with caplog.at_level(logging.INFO, logger="grace_trl"):
         trainer.run_embedding_evaluator()
     assert "the last evaluation took" in caplog.text and "the whole evaluation will take" not in caplog.text
+
+
+@pytest.mark.parametrize("merge,fuse", [(True, True), (True, False), (False, True)])
+def test_a_lora_policy_decodes_through_merged_weights_and_trains_only_the_adapter(tmp_path, tiny_model_path, merge,
+                                                                                  fuse):
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    args = config(tmp_path / "out", max_steps=2, steps_per_generation=2, merge_lora_for_generation=merge,
+                  fuse_anchor_generation=fuse,
+                  embedding_evaluator="sts-dev-sample", embedding_eval_limit=4, eval_strategy="steps", eval_steps=2,
+                  embedding_eval_cache_dir="none")
+    trainer = GRACETrainer(tiny_model_path, args=args, train_dataset=rows(8),
+                           peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear"))
+    lora_model = trainer.model.base_model
+    merges, original = [], lora_model.merge_adapter
+
+    def counting_merge(*a, **kw):
+        merges.append(trainer.state.global_step)
+        return original(*a, **kw)
+
+    lora_model.merge_adapter = counting_merge
+    trainer.train()
+    # per generation batch: the rollout decode (fused with the anchors', or TRL's) and the reward's pooling (with the
+    # separate anchor decode); then the step-2 evaluation
+    assert len(merges) == (3 if merge else 0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).state_dict()
+    trained = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+               for k, v in trainer.model.state_dict().items() if "lora_" not in k}
+    assert trained.keys() == base.keys() and all(torch.equal(trained[k], base[k]) for k in base)
+    lora_b = [v for k, v in trainer.model.state_dict().items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # the adapter moved off its zero start
+    assert all(not m.merged for m in trainer.model.modules() if hasattr(m, "merged"))
+    assert any("eval_sts_spearman" in h for h in trainer.state.log_history)
