@@ -34,7 +34,7 @@ ROWS = [
     {"name": "**pure GRACE, LoRA, 16 updates of 32 (default)**", "label": "above", "recipe": "`sup_cpu.yaml`",
      "training": "16 updates × 32 rollouts (512 generated); 45-min cap on the idle machine (measured run: an extra "
                  "dev evaluation at update 10 and an uncached one at 0, so the cap stopped it at 16 of 17)",
-     "sts": ("sts_test_lora_r16.json", "grace"), "transfer": None,
+     "sts": ("sts_test_lora_r16.json", "grace"), "transfer": ("transfer_lora_r16.json", "grace"),
      "gen": ("run_pure_lora_r16/generation_check.json", None)},
     {"name": "pure GRACE, full fine-tuning, 17 updates of 32", "label": "left", "recipe": "`sup_full_cpu.yaml`",
      "training": "17 updates × 32 rollouts (576 generated); 35 min wall on the idle machine",
@@ -59,11 +59,12 @@ ROWS = [
      "gen": ("recipe_search.csv", "hybrid_16"), "dev": ("recipe_search.csv", "hybrid_16")},
     {"name": "InfoNCE only (no policy gradient)", "recipe": "`hybrid_cpu.yaml` + `tau=1e6 truncation_penalty=0`",
      "training": "dev: 25 updates × 8 (8-min search row); STS-B and generation check: a 16-update re-run",
-     "sts": ("sts_test_infonce_only.json", "grace"), "transfer": None,
+     "sts": ("sts_test_infonce_only.json", "grace"), "transfer": ("transfer_infonce_only.json", "grace"),
      "gen": ("recipe_search.csv", "infonce_only_16"), "dev": ("recipe_search.csv", "spg4_lr2e5_cl1_noRL")},
     {"name": "CL baseline, tuned on dev (1,000 triples, lr 1e-4)",
      "recipe": "`cl_cpu.yaml` + `dataset_name=snli-triples max_samples=1000 learning_rate=1e-4`",
-     "training": "", "sts": ("sts_test_cl_tuned_1000.json", "grace"), "transfer": None, "gen": ("cl_search.csv", None),
+     "training": "", "sts": ("sts_test_cl_tuned_1000.json", "grace"),
+     "transfer": ("transfer_cl_tuned_1000.json", "grace"), "gen": ("cl_search.csv", None),
      "dev": ("cl_search.csv", None)},
 ]
 

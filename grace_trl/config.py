@@ -88,8 +88,9 @@ class GRACEConfig(GRPOConfig):
             reward's embeddings, through the adapter merged into the base weights; the frozen weights are restored
             bit for bit afterwards. Faster on CPU (the unmerged adapter adds two matmuls per linear layer per
             decoded token), and LoRA dropout is then off while sampling, as it is for a full fine-tuning policy
-            (`lora_dropout` still applies to the loss). HF generation without DeepSpeed or FSDP only; vLLM syncs
-            merged weights itself.
+            (`lora_dropout` still applies to the loss). HF generation with fp32 base weights, without DeepSpeed or
+            FSDP, only: merged into bf16 weights the adapter's update would partly round away (GPU LoRA recipes load
+            the base in bf16 and decode through the adapter); vLLM syncs merged weights itself.
         contrastive_weight (`float`, *optional*, defaults to `0.0`):
             Weight of an auxiliary InfoNCE term on the rollouts' pooled hidden states, computed in the policy
             loss forward (no extra pass): each rollout of the positive document is pulled towards its group's

@@ -92,7 +92,8 @@ def lora_merged(model, enabled: bool = True) -> Iterator[bool]:
     (about 1.5x the decode time of the merged model on CPU). ``merge_adapter``/``unmerge_adapter`` alone would
     leave rounding residue in the frozen weights after each cycle, so the weights are copied first and put
     back. Yields whether it merged: not for a model without an adapter, one already merged or with its adapters
-    disabled, or when ``enabled`` is false. The caller must not use it on partitioned weights (DeepSpeed ZeRO-3, FSDP).
+    disabled, one whose base weights are not fp32, or when ``enabled`` is false. The caller must not use it on
+    partitioned weights (DeepSpeed ZeRO-3, FSDP).
     """
     import torch
 
@@ -101,7 +102,9 @@ def lora_merged(model, enabled: bool = True) -> Iterator[bool]:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    if not layers or any(m.merged or m.disable_adapters for m in layers):
+    # merging into bf16/fp16 weights rounds much of the adapter's small update away: a different function
+    if not layers or any(m.merged or m.disable_adapters or m.get_base_layer().weight.dtype != torch.float32
+                         for m in layers):
         yield False
         return
     saved = []
