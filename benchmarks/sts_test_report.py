@@ -52,9 +52,23 @@ def cached_row_path(rows_cache: str, path: str, *settings) -> Path:
     return Path(rows_cache) / (hashlib.sha256(ident.encode()).hexdigest()[:24] + ".json")
 
 
+def report_settings(source: str):
+    """The system prompt and rationale length of a GRACE checkpoint or a recipe YAML, for every row of a report."""
+    from grace_trl.settings import GRACESettings
+
+    if source.endswith((".yaml", ".yml")):  # a recipe: its prompt and rationale length
+        import yaml
+
+        recipe = yaml.safe_load(Path(source).read_text())
+        return GRACESettings(system_prompt=recipe["system_prompt"], max_new_tokens=recipe["max_completion_length"])
+    settings = GRACESettings.load(source)
+    if settings is None:
+        raise SystemExit(f"{source}: no grace_config.json (not a GRACE checkpoint); name a recipe with --settings")
+    return settings
+
+
 def main(argv=None) -> int:
     from grace_trl.evaluation.tasks import load_sts_benchmark
-    from grace_trl.settings import GRACESettings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grace", required=True)
@@ -77,16 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "sts_test.json"))
     args = p.parse_args(argv)
 
-    source = args.settings or args.grace
-    if source.endswith((".yaml", ".yml")):  # a recipe: its prompt and rationale length
-        import yaml
-
-        recipe = yaml.safe_load(Path(source).read_text())
-        settings = GRACESettings(system_prompt=recipe["system_prompt"], max_new_tokens=recipe["max_completion_length"])
-    else:
-        settings = GRACESettings.load(source)
-    if settings is None:
-        raise SystemExit(f"{source}: no grace_config.json (not a GRACE checkpoint); name a recipe with --settings")
+    settings = report_settings(args.settings or args.grace)
     pairs = load_sts_benchmark(args.data_dir, split="test")
     if args.limit:
         pairs = pairs[: args.limit]

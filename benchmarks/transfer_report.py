@@ -33,7 +33,7 @@ from scipy.stats import bootstrap
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sts_test_report import cached_row_path  # noqa: E402
+from sts_test_report import cached_row_path, report_settings  # noqa: E402
 
 
 def encode(path: str, texts: list[str], use_rationale: bool, settings, cache_dir: str, batch_size: int):
@@ -84,11 +84,13 @@ def paired(a: np.ndarray, b: np.ndarray, scale: float, resamples: int) -> dict:
 
 def main(argv=None) -> int:
     from grace_trl.evaluation.tasks import load_banking77, load_scifact, reduce_retrieval
-    from grace_trl.settings import GRACESettings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grace", required=True)
     p.add_argument("--base", default="smollm2-135m")
+    p.add_argument("--settings", default=None,
+                   help="recipe YAML or GRACE checkpoint whose prompt and rationale length every row uses "
+                        "(default: --grace's own); lets a non-GRACE model such as the CL baseline be scored")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--scifact-queries", type=int, default=100)
     p.add_argument("--banking-test", type=int, default=400)
@@ -104,9 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "transfer.json"))
     args = p.parse_args(argv)
 
-    settings = GRACESettings.load(args.grace)
-    if settings is None:
-        raise SystemExit(f"{args.grace}: no grace_config.json (not a GRACE checkpoint)")
+    settings = report_settings(args.settings or args.grace)
     sci = reduce_retrieval(load_scifact(args.data_dir, split="test"), args.scifact_queries, seed=args.seed)
     bank = load_banking77(args.data_dir)
     rng = np.random.RandomState(args.seed)
