@@ -89,11 +89,11 @@ def lora_merged(model, enabled: bool = True) -> Iterator[bool]:
     """Decode through LoRA weights merged into the base layers, then restore the base weights bit for bit.
 
     An unmerged adapter runs its two small matmuls beside every linear layer at every decoded token
-    (1.3x the decode time of the merged model on a 2-core CPU: ``benchmarks/results/decode.md``). ``merge_adapter``/``unmerge_adapter`` alone would
-    leave rounding residue in the frozen weights after each cycle, so the weights are copied first and put
-    back. Yields whether it merged: not for a model without an adapter, one already merged or with its adapters
-    disabled, one whose base weights are not fp32, or when ``enabled`` is false. The caller must not use it on
-    partitioned weights (DeepSpeed ZeRO-3, FSDP).
+    (1.3x the decode time of the merged model on a 2-core CPU: ``benchmarks/results/decode.md``).
+    ``merge_adapter``/``unmerge_adapter`` alone would leave rounding residue in the frozen weights after each
+    cycle, so the weights are copied first and put back. Yields whether it merged: not for a model without an
+    adapter, one already merged or with its adapters disabled, one whose base weights are not fp32, or when
+    ``enabled`` is false. The caller must not use it on partitioned weights (DeepSpeed ZeRO-3, FSDP).
     """
     import torch
 
