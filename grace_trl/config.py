@@ -84,13 +84,14 @@ class GRACEConfig(GRPOConfig):
             request). `top_p`/`top_k`/`min_p` filter the anchor rows at the anchor temperature (transformers applies
             the per-row temperature before its sampling filters), as a separate anchor decode (`False`) does.
         merge_lora_for_generation (`bool`, *optional*, defaults to `True`):
-            With a LoRA policy (`use_peft`), decode rollouts, anchors and dev-evaluation rationales, and pool the
-            reward's embeddings, through the adapter merged into the base weights; the frozen weights are restored
-            bit for bit afterwards. Faster on CPU (the unmerged adapter adds two matmuls per linear layer per
-            decoded token), and LoRA dropout is then off while sampling, as it is for a full fine-tuning policy
-            (`lora_dropout` still applies to the loss). HF generation with fp32 base weights, without DeepSpeed or
-            FSDP, only: merged into bf16 weights the adapter's update would partly round away (GPU LoRA recipes load
-            the base in bf16 and decode through the adapter); vLLM syncs merged weights itself.
+            With a LoRA policy (`use_peft`), decode rollouts and anchors, and pool the reward's embeddings, through
+            the adapter merged into the base weights; the frozen weights are restored bit for bit afterwards.
+            Faster on CPU (the unmerged adapter adds two matmuls per linear layer per decoded token), and LoRA
+            dropout is then off while sampling, as it is for a full fine-tuning policy (`lora_dropout` still
+            applies to the loss). The dev evaluation runs in eval mode (no dropout) and always decodes merged.
+            HF generation with fp32 base weights, without DeepSpeed or FSDP, only: merged into bf16 weights the
+            adapter's update would partly round away (GPU LoRA recipes load the base in bf16 and decode through the
+            adapter); vLLM syncs merged weights itself.
         contrastive_weight (`float`, *optional*, defaults to `0.0`):
             Weight of an auxiliary InfoNCE term on the rollouts' pooled hidden states, computed in the policy
             loss forward (no extra pass): each rollout of the positive document is pulled towards its group's

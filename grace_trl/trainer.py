@@ -290,9 +290,14 @@ class GRACETrainer(GRPOTrainer):
         return generate_left_padded(model, prompt_ids, self._grace_pad_id(), self._grace_eos_ids,
                                     device=self.accelerator.device, generation_config=config)
 
-    def _lora_merged(self, unwrapped):
-        """``merge_lora_for_generation`` where the weights are whole on this process (no DeepSpeed, no FSDP)."""
-        enabled = (self.args.merge_lora_for_generation and not self.is_deepspeed_enabled
+    def _lora_merged(self, unwrapped, always: bool = False):
+        """Merged LoRA weights where they are whole on this process (no DeepSpeed, no FSDP).
+
+        Rollouts and the reward's pooling run in train mode, where merging also drops LoRA dropout, so they follow
+        ``merge_lora_for_generation``; the dev evaluation (``always``) runs in eval mode, where the merged model is
+        the adapter's function, so it always merges.
+        """
+        enabled = ((always or self.args.merge_lora_for_generation) and not self.is_deepspeed_enabled
                    and not self.is_fsdp_enabled)
         return lora_merged(unwrapped, enabled)
 
@@ -580,7 +585,7 @@ class GRACETrainer(GRPOTrainer):
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped,
             torch.no_grad(),
-            self._lora_merged(unwrapped),
+            self._lora_merged(unwrapped, always=True),
         ):
             def evaluate_on_main():
                 was_training = unwrapped.training
