@@ -290,14 +290,15 @@ class GRACETrainer(GRPOTrainer):
         return generate_left_padded(model, prompt_ids, self._grace_pad_id(), self._grace_eos_ids,
                                     device=self.accelerator.device, generation_config=config)
 
-    def _lora_merged(self, unwrapped, always: bool = False):
+    def _lora_merged(self, unwrapped, always: bool = False, hf_generate: bool = True):
         """Merged LoRA weights where they are whole on this process (no DeepSpeed, no FSDP).
 
         Rollouts and the reward's pooling run in train mode, where merging also drops LoRA dropout, so they follow
         ``merge_lora_for_generation``; the dev evaluation (``always``) runs in eval mode, where the merged model is
-        the adapter's function, so it always merges.
+        the adapter's function, so it always merges. vLLM and continuous batching (``hf_generate=False``) decode
+        with weights of their own, so nothing is merged for them.
         """
-        enabled = ((always or self.args.merge_lora_for_generation) and not self.is_deepspeed_enabled
+        enabled = ((always or self.args.merge_lora_for_generation) and hf_generate and not self.is_deepspeed_enabled
                    and not self.is_fsdp_enabled)
         return lora_merged(unwrapped, enabled)
 
@@ -452,7 +453,7 @@ class GRACETrainer(GRPOTrainer):
             # path, the anchors and vLLM decode under the trainer's settings only
             policy = self.accelerator.unwrap_model(self.model)
             hf_generate = not self.use_vllm and not self.use_transformers_continuous_batching
-            with ignoring_model_generation_config(policy), self._lora_merged(policy if hf_generate else None):
+            with ignoring_model_generation_config(policy), self._lora_merged(policy, hf_generate=hf_generate):
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                      has_tool_images)
         start = time.perf_counter()
