@@ -72,9 +72,10 @@ def test_default_recipes_are_pure_grace_on_the_committed_triples_with_dev_and_ge
     if "cpu" in name:  # the measured CPU runs (README): updates of 32, 2 per rollout batch of 64; RSS <= 6 GB
         assert t.generation_check and rollouts_per_update == 32 and t.per_device_train_batch_size <= 8
         assert updates_per_generation == 2
-        if name == "sup_cpu.yaml":  # the default: LoRA, 16 updates, dev scores at 0 and 16 only
-            assert m.use_peft and m.lora_r == 16 and m.lora_target_modules == "all-linear" and t.learning_rate == 1e-4
-            assert t.max_steps == 16 and t.eval_steps == 16 and t.output_dir.endswith("smollm2-135m-grace-sup")
+        if name == "sup_cpu.yaml":  # the default: LoRA at 2e-4 sampled merged, 16 updates, dev scores at 0, 8, 16
+            assert m.use_peft and m.lora_r == 16 and m.lora_target_modules == "all-linear" and t.learning_rate == 2e-4
+            assert t.merge_lora_for_generation
+            assert t.max_steps == 16 and t.eval_steps == 8 and t.output_dir.endswith("smollm2-135m-grace-sup")
         else:  # full fine-tuning, 17 updates
             assert not m.use_peft and t.learning_rate == 2e-5 and t.max_steps == 17
             assert t.output_dir.endswith("smollm2-135m-grace-sup-full")
