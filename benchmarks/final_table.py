@@ -31,9 +31,17 @@ ROWS = [
      "training": "33 updates × 16 rollouts (576 generated); 39 min wall on the idle machine",
      "sts": ("sts_test_pure_cosine.json", "grace"), "transfer": None,
      "gen": ("run_pure_33updates_cosine/generation_check.json", None)},
-    {"name": "**pure GRACE, LoRA, 16 updates of 32 (default)**", "label": "above", "recipe": "`sup_cpu.yaml`",
-     "training": "16 updates × 32 rollouts (512 generated); 45-min cap on the idle machine (measured run: an extra "
-                 "dev evaluation at update 10 and an uncached one at 0, so the cap stopped it at 16 of 17)",
+    {"name": "**pure GRACE, LoRA, lr 2e-4, 16 updates of 32 (default)**", "label": "right",
+     "recipe": "`sup_cpu.yaml`",
+     "training": "16 updates × 32 rollouts (512 generated), sampled through the merged adapter; 33 min wall on the "
+                 "idle machine (step-0 evaluation cached)",
+     "sts": ("sts_test_lora_r16_2e4.json", "grace"), "transfer": ("transfer_lora_r16_2e4.json", "grace"),
+     "gen": ("run_pure_lora_r16_2e4/generation_check.json", None)},
+    {"name": "pure GRACE, LoRA, lr 1e-4, 16 updates of 32 (previous default)", "label": "right",
+     "recipe": "`sup_cpu.yaml` + `learning_rate=1e-4 merge_lora_for_generation=false eval_steps=16`",
+     "training": "16 updates × 32 rollouts (512 generated), sampled through the unmerged adapter; 45-min cap on the "
+                 "idle machine (measured run: an extra dev evaluation at update 10 and an uncached one at 0, so the "
+                 "cap stopped it at 16 of 17)",
      "sts": ("sts_test_lora_r16.json", "grace"), "transfer": ("transfer_lora_r16.json", "grace"),
      "gen": ("run_pure_lora_r16/generation_check.json", None)},
     {"name": "pure GRACE, full fine-tuning, 17 updates of 32", "label": "left", "recipe": "`sup_full_cpu.yaml`",
