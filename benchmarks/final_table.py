@@ -22,16 +22,8 @@ ROWS = [
     {"name": "base", "recipe": "–", "training": "–",
      "sts": ("sts_test.json", "base"), "transfer": ("transfer_hybrid.json", "base"),
      "gen": ("generation_check.json", "base"), "dev": ("recipe_search.csv", "base (untrained)")},
-    {"name": "pure GRACE, 33 updates of 16", "label": "left",
-     "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=33`",
-     "training": "33 updates × 16 rollouts (576 generated); 40 min budget, 49 min wall",
-     "sts": ("sts_test.json", "grace"), "transfer": None, "gen": ("generation_check.json", "step33")},
-    {"name": "pure GRACE, 33 updates of 16, cosine lr", "label": "above",
-     "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=33 lr_scheduler_type=cosine`",
-     "training": "33 updates × 16 rollouts (576 generated); 39 min wall on the idle machine",
-     "sts": ("sts_test_pure_cosine.json", "grace"), "transfer": None,
-     "gen": ("run_pure_33updates_cosine/generation_check.json", None)},
-    {"name": "**pure GRACE, LoRA, lr 2e-4, 16 updates of 32 (default)**", "label": "right",
+    {"name": "**pure GRACE, LoRA, lr 2e-4, 16 updates of 32 (default)**", "label": "left",
+     "plot_name": "LoRA 2e-4 (default)",
      "recipe": "`sup_cpu.yaml`",
      "training": "16 updates × 32 rollouts (512 generated), sampled through the merged adapter; 33 min wall on the "
                  "idle machine (step-0 evaluation cached)",
@@ -44,10 +36,19 @@ ROWS = [
                  "cap stopped it at 16 of 17)",
      "sts": ("sts_test_lora_r16.json", "grace"), "transfer": ("transfer_lora_r16.json", "grace"),
      "gen": ("run_pure_lora_r16/generation_check.json", None)},
-    {"name": "pure GRACE, full fine-tuning, 17 updates of 32", "label": "left", "recipe": "`sup_full_cpu.yaml`",
+    {"name": "pure GRACE, full fine-tuning, 17 updates of 32", "label": "above", "recipe": "`sup_full_cpu.yaml`",
      "training": "17 updates × 32 rollouts (576 generated); 35 min wall on the idle machine",
      "sts": ("sts_test_pure_b32.json", "grace"), "transfer": None,
      "gen": ("run_pure_17updates_b32/generation_check.json", None)},
+    {"name": "pure GRACE, 33 updates of 16", "label": "left",
+     "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=33`",
+     "training": "33 updates × 16 rollouts (576 generated); 40 min budget, 49 min wall",
+     "sts": ("sts_test.json", "grace"), "transfer": None, "gen": ("generation_check.json", "step33")},
+    {"name": "pure GRACE, 33 updates of 16, cosine lr", "label": "right",
+     "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=33 lr_scheduler_type=cosine`",
+     "training": "33 updates × 16 rollouts (576 generated); 39 min wall on the idle machine",
+     "sts": ("sts_test_pure_cosine.json", "grace"), "transfer": None,
+     "gen": ("run_pure_33updates_cosine/generation_check.json", None)},
     {"name": "pure GRACE, 6 updates", "label": "left",
      "recipe": "`sup_full_cpu.yaml` + `gradient_accumulation_steps=2 max_steps=6`",
      "training": "6 updates × 16 (128 generated); 13 min (search row `pure_b16`)",
@@ -179,7 +180,8 @@ def build() -> tuple[str, list[dict]]:
         if best != "not measured" and g is None and row["name"] == "base":
             g = {"lost": 0, "ppl_change": 0.0}
         if best != "not measured" and g is not None:
-            points.append({"name": row["name"], "sts": float(best), "lost": g["lost"], "ppl": g["ppl_change"],
+            points.append({"name": row.get("plot_name", row["name"]), "sts": float(best), "lost": g["lost"],
+                           "ppl": g["ppl_change"],
                            "label": row.get("label", "right")})
     return "\n".join(lines) + "\n", points
 
