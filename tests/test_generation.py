@@ -115,3 +115,24 @@ def test_lora_merged_computes_the_adapters_function_and_restores_the_base_weight
     model.to(torch.bfloat16)  # merging would round the adapter's update into bf16 weights: left unmerged
     with lora_merged(model) as merged:
         assert not merged
+
+
+def test_trainer_merges_lora_only_where_it_owns_the_decoding_weights(tiny_model_path):
+    """Rollouts follow ``merge_lora_for_generation``, the dev evaluation always merges, and nothing merges for a
+    decoder with weights of its own (vLLM, continuous batching) or for DeepSpeed/FSDP-partitioned weights."""
+    from types import SimpleNamespace
+
+    from grace_trl.trainer import GRACETrainer
+
+    model = _lora_policy(tiny_model_path).eval()
+
+    def merges(flag, always=False, hf_generate=True, deepspeed=False, fsdp=False):
+        trainer = SimpleNamespace(args=SimpleNamespace(merge_lora_for_generation=flag),
+                                  is_deepspeed_enabled=deepspeed, is_fsdp_enabled=fsdp)
+        with GRACETrainer._lora_merged(trainer, model, always=always, hf_generate=hf_generate) as merged:
+            return merged
+
+    assert merges(True) and not merges(False)
+    assert merges(False, always=True)
+    assert not merges(True, hf_generate=False) and not merges(True, always=True, hf_generate=False)
+    assert not merges(True, deepspeed=True) and not merges(True, always=True, fsdp=True)
